@@ -1,0 +1,21 @@
+"""Build script: compiles the `_fastpath` Cython extension.
+
+`pyproject.toml` holds the metadata; this file exists only to declare the
+extension. `PROMETHEUS_NO_EXTENSIONS=1` at build time skips compiling it (the
+pure-Python twin is then used at run time).
+"""
+
+import os
+
+from setuptools import Extension, setup
+
+ext_modules = []
+if not os.environ.get("PROMETHEUS_NO_EXTENSIONS"):
+    from Cython.Build import cythonize
+
+    ext_modules = cythonize(
+        [Extension("_fastpath._sse_c", ["_fastpath/_sse_c.pyx"], extra_compile_args=["-O3"])],
+        compiler_directives={"language_level": "3", "boundscheck": False, "wraparound": False},
+    )
+
+setup(ext_modules=ext_modules)
