@@ -1,0 +1,170 @@
+"""The aiohttp application: middleware, routes, and process start/stop.
+
+Every request passes `gateway_middleware`: it stamps a request id, answers
+413 before reading an oversized body, checks the bearer key against the
+in-memory `KeyTable` for `/v1/*`, turns every failure into OpenAI's error
+shape, and writes the request's one log line. Handlers live in
+`proxy.routes`.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from proxy import errors, storage
+from proxy.config import GatewayConfig
+from proxy.errors import GatewayError
+from proxy.keys import KeyTable
+from proxy.providers import build_providers
+from proxy.request_log import get_logger
+from proxy.routes import admin, chat, embeddings, health, models
+from proxy.state import STATE, GatewayState
+from proxy.usage_journal import UsageJournal
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _bearer(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization")
+    if not header:
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+async def _authenticate(request: web.Request, state: GatewayState) -> None:
+    token = _bearer(request)
+    if token is None:
+        raise errors.missing_key()
+    info = state.keys.lookup(token) or await state.keys.lookup_or_refresh(token)
+    if info is None:
+        raise errors.invalid_key()
+    if info.revoked:
+        raise errors.revoked_key()
+    request["key"] = info
+
+
+def _http_error(exc: web.HTTPException) -> GatewayError:
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return errors.body_too_large(exc.max_size if hasattr(exc, "max_size") else 0)
+    if exc.status == 404:
+        return GatewayError(404, f"Unknown path: {exc.reason}", code="not_found")
+    if exc.status == 405:
+        return GatewayError(405, "Method not allowed for this path.", code="method_not_allowed")
+    kind = "invalid_request_error" if exc.status < 500 else "api_error"
+    return GatewayError(exc.status, exc.text or exc.reason, type=kind)
+
+
+@web.middleware
+async def gateway_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    state = request.app[STATE]
+    request["rid"] = rid = "req_" + secrets.token_hex(12)
+    request["t0"] = time.perf_counter()
+    request["ts"] = time.time()
+    try:
+        if request.path.startswith("/v1/"):
+            limit = state.config.max_body_bytes
+            if request.content_length is not None and request.content_length > limit:
+                raise errors.body_too_large(limit)
+            await _authenticate(request, state)
+        response = await handler(request)
+    except GatewayError as err:
+        response = err.response()
+        request["error"] = err.code
+    except web.HTTPException as exc:
+        if isinstance(exc, web.HTTPRequestEntityTooLarge):
+            err = errors.body_too_large(state.config.max_body_bytes)
+        else:
+            err = _http_error(exc)
+        response = err.response()
+        request["error"] = err.code
+    except Exception:  # noqa: BLE001 - a bug must still answer in OpenAI's shape
+        state.log.exception("unhandled", request_id=rid)
+        err = GatewayError(500, "The gateway failed to handle the request.", type="api_error",
+                           code="internal_error")
+        response = err.response()
+        request["error"] = err.code
+    _log_request(state, request, response.status)
+    return response
+
+
+def _log_request(state: GatewayState, request: web.Request, status: int) -> None:
+    if request.path == "/healthz":
+        return
+    usage = request.get("usage")
+    key = request.get("key")
+    if usage is not None:
+        state.log.info(
+            "request", request_id=request["rid"], key_id=usage["key_id"], model=usage["model"],
+            deployment=usage["deployment"], status=usage["status"], stream=bool(usage["stream"]),
+            input_tokens=usage["input_tokens"], output_tokens=usage["output_tokens"],
+            latency_ms=usage["latency_ms"], ttft_ms=usage["ttft_ms"],
+            usage_source=usage["usage_source"], error=usage["error"],
+        )
+    else:
+        state.log.info(
+            "request", request_id=request["rid"], key_id=key.id if key else None,
+            method=request.method, path=request.path, status=status,
+            latency_ms=round((time.perf_counter() - request["t0"]) * 1000.0, 3),
+            error=request.get("error"),
+        )
+
+
+async def _add_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    rid = request.get("rid")
+    if rid is not None:
+        response.headers["x-request-id"] = rid
+
+
+def build_app(config: GatewayConfig) -> web.Application:
+    app = web.Application(
+        middlewares=[gateway_middleware],
+        client_max_size=config.max_body_bytes,
+    )
+    app.on_response_prepare.append(_add_request_id)
+    app.router.add_get("/healthz", health.healthz)
+    app.router.add_post("/v1/chat/completions", chat.chat_completions)
+    app.router.add_post("/v1/embeddings", embeddings.create_embeddings)
+    app.router.add_get("/v1/models", models.list_models)
+    app.router.add_get("/v1/models/{model_id}", models.get_model)
+    app.router.add_post("/admin/keys", admin.create_key)
+    app.router.add_get("/admin/keys", admin.list_keys)
+    app.router.add_post("/admin/keys/{key_id}/revoke", admin.revoke_key)
+    app.router.add_get("/admin/usage", admin.usage)
+
+    async def startup(app: web.Application) -> None:
+        db = await storage.connect_async(config.db_path)
+        keys = KeyTable(db)
+        await keys.start()
+        journal = UsageJournal(config.journal_dir, db)
+        journal.start()
+        app[STATE] = GatewayState(
+            config=config,
+            routes=config.routes,
+            providers=build_providers(),
+            keys=keys,
+            journal=journal,
+            db=db,
+            admin_key=os.environ.get("PROMETHEUS_ADMIN_KEY") or None,
+            log=get_logger(),
+        )
+
+    async def cleanup(app: web.Application) -> None:
+        state = app[STATE]
+        await state.keys.stop()
+        await state.journal.close()
+        for provider in state.providers.values():
+            await provider.close()
+        await state.db.close()
+
+    app.on_startup.append(startup)
+    app.on_cleanup.append(cleanup)
+    return app
+

@@ -1,0 +1,179 @@
+"""The `prometheus-gateway` command line (also `python -m proxy`).
+
+Only argument parsing and printing live here; the work is in `proxy.server`
+(serve), `proxy.keys` (keys), `proxy.usage_report` (usage) and
+`proxy.sim_server` (sim).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from typing import Any
+
+import orjson
+
+from proxy import keys, storage, usage_report
+from proxy.config import ConfigError, GatewayConfig, load_config
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+def _config(args: argparse.Namespace) -> GatewayConfig:
+    return load_config(args.config)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from proxy.server import serve
+
+    config = _config(args)
+    overrides: dict[str, Any] = {}
+    if args.host:
+        overrides["host"] = args.host
+    if args.port:
+        overrides["port"] = args.port
+    if args.workers:
+        overrides["workers"] = args.workers
+    serve(dataclasses.replace(config, **overrides))
+    return 0
+
+
+def cmd_keys_create(args: argparse.Namespace) -> int:
+    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
+    conn = storage.connect(_config(args).db_path)
+    try:
+        created = keys.create_key(conn, args.name, rpm=args.rpm, tpm=args.tpm,
+                                  budget_usd=args.budget_usd, models=models)
+    finally:
+        conn.close()
+    if args.json:
+        _print_json(created)
+    else:
+        print(created["key"])
+        print(f"id: {created['id']}  name: {created['name']}  (the key is shown only once)",
+              file=sys.stderr)
+    return 0
+
+
+def cmd_keys_list(args: argparse.Namespace) -> int:
+    conn = storage.connect(_config(args).db_path)
+    try:
+        rows = keys.list_keys(conn)
+    finally:
+        conn.close()
+    if args.json:
+        _print_json(rows)
+        return 0
+    print(f"{'id':<22} {'name':<20} {'prefix':<14} {'status':<8} models")
+    for r in rows:
+        status = "revoked" if r["revoked"] else "active"
+        print(f"{r['id']:<22} {r['name'][:20]:<20} {r['key_prefix']:<14} {status:<8} "
+              f"{','.join(r['models']) if r['models'] else 'all'}")
+    return 0
+
+
+def cmd_keys_revoke(args: argparse.Namespace) -> int:
+    conn = storage.connect(_config(args).db_path)
+    try:
+        done = keys.revoke_key(conn, args.id)
+    finally:
+        conn.close()
+    if args.json:
+        _print_json({"id": args.id, "revoked": done})
+    else:
+        print(f"revoked {args.id}" if done else f"no active key with id {args.id}")
+    return 0 if done else 1
+
+
+def cmd_usage(args: argparse.Namespace) -> int:
+    conn = storage.connect(_config(args).db_path)
+    try:
+        rows = usage_report.query_usage(conn, args.key_id, args.by)
+    finally:
+        conn.close()
+    if args.json:
+        _print_json(rows)
+        return 0
+    header = (f"{'period':<11} {'key_id':<21} {'model':<18} {'reqs':>6} {'errs':>5} "
+              f"{'in_tok':>9} {'out_tok':>9} {'audio_s':>8} {'cost_usd':>11} {'p50_ms':>8} "
+              f"{'ttft_p50':>8}")
+    print(header)
+    for r in rows:
+        lat = f"{r['latency_ms_p50']:.1f}" if r["latency_ms_p50"] is not None else "-"
+        ttft = f"{r['ttft_ms_p50']:.1f}" if r["ttft_ms_p50"] is not None else "-"
+        print(f"{r['period']:<11} {r['key_id']:<21} {r['model']:<18} {r['requests']:>6} "
+              f"{r['errors']:>5} {r['input_tokens']:>9} {r['output_tokens']:>9} "
+              f"{r['audio_seconds']:>8.1f} {r['cost_usd']:>11.6f} {lat:>8} {ttft:>8}")
+    if not rows:
+        print("(no usage yet)")
+    return 0
+
+
+def cmd_sim(args: argparse.Namespace) -> int:
+    from proxy.sim_server import run_sim
+
+    run_sim(args.host, args.port, args.ttft_ms, args.tokens_per_second)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prometheus-gateway",
+                                     description="OpenAI-compatible LLM gateway")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--config", help="TOML config file (default: $PROMETHEUS_CONFIG or "
+                       "./prometheus.toml)")
+        return p
+
+    serve = with_config(sub.add_parser("serve", help="run the gateway"))
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+    serve.add_argument("--workers", type=int)
+    serve.set_defaults(func=cmd_serve)
+
+    key_cmd = sub.add_parser("keys", help="create, list and revoke API keys")
+    key_sub = key_cmd.add_subparsers(dest="keys_command", required=True)
+    create = with_config(key_sub.add_parser("create", help="mint a new key"))
+    create.add_argument("--name", required=True)
+    create.add_argument("--rpm", type=int)
+    create.add_argument("--tpm", type=int)
+    create.add_argument("--budget-usd", type=float)
+    create.add_argument("--models", help="comma-separated aliases the key may use")
+    create.add_argument("--json", action="store_true")
+    create.set_defaults(func=cmd_keys_create)
+    lst = with_config(key_sub.add_parser("list", help="list keys"))
+    lst.add_argument("--json", action="store_true")
+    lst.set_defaults(func=cmd_keys_list)
+    revoke = with_config(key_sub.add_parser("revoke", help="revoke a key by id"))
+    revoke.add_argument("id")
+    revoke.add_argument("--json", action="store_true")
+    revoke.set_defaults(func=cmd_keys_revoke)
+
+    usage = with_config(sub.add_parser("usage", help="usage per key, alias and day or week"))
+    usage.add_argument("--key-id")
+    usage.add_argument("--by", choices=("day", "week"), default="day")
+    usage.add_argument("--json", action="store_true")
+    usage.set_defaults(func=cmd_usage)
+
+    sim = sub.add_parser("sim", help="serve the simulator as a standalone OpenAI-compatible "
+                         "upstream")
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=9000)
+    sim.add_argument("--ttft-ms", type=float, default=0.0)
+    sim.add_argument("--tokens-per-second", type=float, default=0.0,
+                     help="0 = as fast as possible")
+    sim.set_defaults(func=cmd_sim)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"prometheus-gateway: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,95 @@
+"""Process lifecycle: start-up checks, journal replay, one or N workers, shutdown.
+
+`serve` (called by the CLI) replays usage journals left by dead processes,
+says in one log line where the aliases are served from, then runs the aiohttp
+app on uvloop: in this process for one worker, or in N forked workers sharing
+the port through SO_REUSEPORT. SIGTERM/SIGINT stop the workers gracefully;
+each flushes its usage journal on the way out.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import sys
+
+from aiohttp import web
+
+from proxy import storage
+from proxy.app import build_app
+from proxy.config import GatewayConfig
+from proxy.request_log import configure_logging, get_logger
+from proxy.usage_journal import replay_journals
+
+
+def _announce(config: GatewayConfig) -> None:
+    log = get_logger()
+    for warning in config.warnings:
+        log.warning("config", message=warning)
+    if config.all_simulated():
+        log.info(
+            "startup",
+            message="no provider credentials and no upstreams configured: all "
+            f"{len(config.routes)} aliases are served by the built-in simulator (provider=sim)",
+            config=config.source,
+        )
+    else:
+        providers = sorted({d.provider for r in config.routes.values() for d in r.deployments})
+        log.info("startup", message="serving aliases", config=config.source, providers=providers,
+                 defaults_from=config.upstream_source)
+
+
+def _replay(config: GatewayConfig) -> None:
+    conn = storage.connect(config.db_path)
+    try:
+        added = replay_journals(config.journal_dir, conn)
+    finally:
+        conn.close()
+    if added:
+        get_logger().info("journal_replayed", records=added)
+
+
+def run_worker(config: GatewayConfig, reuse_port: bool) -> None:
+    import uvloop
+
+    configure_logging()
+    web.run_app(
+        build_app(config),
+        host=config.host,
+        port=config.port,
+        reuse_port=reuse_port,
+        print=None,
+        access_log=None,
+        loop=uvloop.new_event_loop(),
+        shutdown_timeout=10.0,
+        backlog=4096,
+    )
+
+
+def serve(config: GatewayConfig) -> None:
+    configure_logging()
+    _announce(config)
+    _replay(config)
+    log = get_logger()
+    log.info("listening", url=f"http://{config.host}:{config.port}/v1", workers=config.workers,
+             pid=os.getpid())
+    if config.workers <= 1:
+        run_worker(config, reuse_port=False)
+        return
+    ctx = multiprocessing.get_context("fork")
+    workers = [ctx.Process(target=run_worker, args=(config, True), daemon=False)
+               for _ in range(config.workers)]
+    for proc in workers:
+        proc.start()
+
+    def stop(signum: int, _frame: object) -> None:
+        for proc in workers:
+            if proc.is_alive() and proc.pid is not None:
+                os.kill(proc.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for proc in workers:
+        proc.join()
+    sys.exit(0)

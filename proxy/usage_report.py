@@ -1,0 +1,60 @@
+"""Usage rows per (key, alias, day or week), read from SQLite.
+
+Used by `prometheus-gateway usage` and `GET /admin/usage`; both return the
+same rows (CONTRACT.md: key_id, model, period, requests, input_tokens,
+output_tokens, audio_seconds, cost_usd, latency_ms_p50, ttft_ms_p50, and
+here also errors and key_name).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import statistics
+from typing import Any
+
+PERIODS = {
+    "day": "date(ts, 'unixepoch')",
+    "week": "date(ts, 'unixepoch', 'weekday 0', '-6 days')",  # the Monday that starts it
+}
+
+
+def query_usage(
+    conn: sqlite3.Connection, key_id: str | None = None, by: str = "day"
+) -> list[dict[str, Any]]:
+    if by not in PERIODS:
+        raise ValueError("by must be 'day' or 'week'")
+    sql = (
+        f"SELECT r.key_id, r.model, {PERIODS[by]} AS period, r.status, r.input_tokens,"
+        " r.output_tokens, r.audio_seconds, r.cost_usd, r.latency_ms, r.ttft_ms, k.name"
+        " FROM requests r LEFT JOIN api_keys k ON k.id = r.key_id"
+    )
+    args: tuple[Any, ...] = ()
+    if key_id:
+        sql += " WHERE r.key_id = ?"
+        args = (key_id,)
+    sql += " ORDER BY period, r.key_id, r.model"
+    groups: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for kid, model, period, status, tin, tout, audio, cost, lat, ttft, name in conn.execute(sql, args):
+        row = groups.get((kid, model, period))
+        if row is None:
+            row = groups[(kid, model, period)] = {
+                "key_id": kid, "key_name": name, "model": model, "period": period,
+                "requests": 0, "errors": 0, "input_tokens": 0, "output_tokens": 0,
+                "audio_seconds": 0.0, "cost_usd": 0.0, "_lat": [], "_ttft": [],
+            }
+        row["requests"] += 1
+        row["errors"] += status >= 400
+        row["input_tokens"] += tin
+        row["output_tokens"] += tout
+        row["audio_seconds"] += audio
+        row["cost_usd"] += cost
+        row["_lat"].append(lat)
+        if ttft is not None:
+            row["_ttft"].append(ttft)
+    rows = []
+    for row in groups.values():
+        lat, ttft = row.pop("_lat"), row.pop("_ttft")
+        row["latency_ms_p50"] = round(statistics.median(lat), 3) if lat else None
+        row["ttft_ms_p50"] = round(statistics.median(ttft), 3) if ttft else None
+        rows.append(row)
+    return rows
