@@ -1,0 +1,537 @@
+#!/usr/bin/env python3
+"""Gateway overhead, side by side: direct to the upstream, through a bare relay,
+and through Prometheus Gateway, all against the same simulator.
+
+It starts everything itself (free ports, a temp dir for the gateway's config
+and database) and stops everything it started, by PID, when it ends:
+
+  simulator   `prometheus-gateway sim` (fast: no TTFT delay, no token pacing)
+  slow sim    a second simulator at --slow-tps tokens/s (memory phase only)
+  relay       bench/bare_relay.py -> simulator
+  gateway     `prometheus-gateway serve --workers 1`; alias prometheus-lite ->
+              simulator, prometheus-core -> slow sim; one client key
+
+Each load run is its own bench/loadgen.py process, so the client never shares
+an event loop with a server. The machine may be small: with 2 cores, the
+client, the upstream and the server under test share them, so absolute
+figures are lower bounds; the ratios and the server CPU per request are the
+comparable part.
+
+Scenarios (each against direct, relay and gateway):
+  (a) non-stream chat, 64 clients           requests/s, latency
+  (b) stream chat of 60 chunks, 64 clients   streams/s, latency, TTFT
+  (c) one client, non-stream and stream      added latency / TTFT (p50) vs direct
+Memory: --mem-streams concurrent open streams through the gateway (slow sim,
+so each stays open ~60/--slow-tps s), twice; the gateway's RSS (VmRSS, summed
+over its process tree) before, at the peak, and ~5 s after each wave.
+
+    python bench/compare.py [--duration 10] [--quick] [--json-out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+LOADGEN = HERE / "loadgen.py"
+RELAY = HERE / "bare_relay.py"
+ALIAS = "prometheus-lite"
+SLOW_ALIAS = "prometheus-core"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# ---------------------------------------------------------------- processes
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def gateway_command() -> list[str] | None:
+    """`prometheus-gateway` next to this interpreter, else `python -m proxy`."""
+    script = Path(sys.executable).parent / "prometheus-gateway"
+    if script.exists():
+        return [str(script)]
+    probe = subprocess.run([sys.executable, "-c", "import proxy.cli"], capture_output=True)
+    if probe.returncode == 0:
+        return [sys.executable, "-m", "proxy"]
+    return None
+
+
+def _raise_nofile() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ValueError, OSError):
+        pass
+
+
+class Procs:
+    """Every process this script starts, each in its own session, so that
+    stopping one stops its workers too (its process group has its PID)."""
+
+    def __init__(self, logdir: Path) -> None:
+        self.logdir = logdir
+        self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def start(self, name: str, cmd: list[str], env: dict[str, str] | None = None
+              ) -> subprocess.Popen[bytes]:
+        log = open(self.logdir / f"{name}.log", "wb")
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True,
+                                env=env, preexec_fn=_raise_nofile)
+        log.close()
+        self.procs.append((name, proc))
+        return proc
+
+    def stop_all(self) -> None:
+        for _, proc in reversed(self.procs):
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + 8
+        for _, proc in reversed(self.procs):
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait()
+        self.procs.clear()
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], name: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode} before accepting")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{name} did not accept on port {port} within {timeout} s")
+
+
+def wait_healthz(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    url = f"http://127.0.0.1:{port}/healthz"
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"gateway exited with {proc.returncode} before /healthz")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"gateway /healthz not 200 within {timeout} s")
+
+
+# ---------------------------------------------------------------- /proc probes
+
+def tree_pids(pid: int) -> list[int]:
+    """pid and all its descendants."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rfind(b")") + 2:].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, ()))
+    return out
+
+
+def rss_kb(pid: int) -> int:
+    """VmRSS in kB, summed over the process tree."""
+    total = 0
+    for p in tree_pids(pid):
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+                        break
+        except OSError:
+            pass
+    return total
+
+
+def cpu_s(pid: int) -> float:
+    """user+system CPU seconds, summed over the process tree (living members)."""
+    total = 0
+    for p in tree_pids(pid):
+        try:
+            with open(f"/proc/{p}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / CLK_TCK
+
+
+def established(port: int) -> int:
+    """Established TCP connections whose local port is `port` (server side)."""
+    n = 0
+    want = f":{port:04X}"
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                next(f)
+                for line in f:
+                    parts = line.split(None, 4)
+                    if parts[3] == "01" and parts[1].endswith(want):
+                        n += 1
+        except OSError:
+            pass
+    return n
+
+
+# ---------------------------------------------------------------- load runs
+
+def loadgen(base_url: str, *, api_key: str = "", model: str = ALIAS, concurrency: int,
+            duration: float | None = None, requests: int | None = None, stream: bool = False,
+            max_tokens: int = 60, warmup: float = 0.0, timeout: float = 60.0,
+            watch: list[int] | None = None) -> dict:
+    """One bench/loadgen.py run in its own process. Adds the client's CPU
+    seconds, and each watched server PID's CPU seconds, to the result."""
+    cmd = [sys.executable, str(LOADGEN), "--base-url", base_url, "--model", model,
+           "--concurrency", str(concurrency), "--max-tokens", str(max_tokens),
+           "--warmup", str(warmup), "--timeout", str(timeout), "--json"]
+    if api_key:
+        cmd += ["--api-key", api_key]
+    if stream:
+        cmd.append("--stream")
+    cmd += ["--duration", str(duration)] if requests is None else ["--requests", str(requests)]
+    watch = watch or []
+    before_children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    before = [cpu_s(p) for p in watch]
+    limit = (duration or 0) + warmup + timeout + 30
+    done = subprocess.run(cmd, capture_output=True, timeout=limit)
+    after = [cpu_s(p) for p in watch]
+    after_children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode not in (0, 1) or not done.stdout.strip():
+        raise RuntimeError(f"loadgen failed ({done.returncode}): {done.stderr.decode()[-800:]}")
+    res = json.loads(done.stdout)
+    res["client_cpu_s"] = round((after_children.ru_utime + after_children.ru_stime)
+                                - (before_children.ru_utime + before_children.ru_stime), 3)
+    res["server_cpu_s"] = round(sum(a - b for a, b in zip(after, before)), 3)
+    return res
+
+
+# ---------------------------------------------------------------- report
+
+def fmt(v: object, nd: int = 1) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:,.{nd}f}"
+    return str(v)
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    if a is None or b is None or not b:
+        return "-"
+    return f"{a / b:.2f}"
+
+
+def diff(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def print_table(results: dict[str, dict[str, dict]], targets: list[str]) -> None:
+    def get(scn: str, tgt: str, *path: str) -> float | None:
+        v: object = results.get(scn, {}).get(tgt)
+        for k in path:
+            if not isinstance(v, dict):
+                return None
+            v = v.get(k)
+        return v if isinstance(v, (int, float)) else None
+
+    def per_req_ms(scn: str, tgt: str) -> float | None:
+        cpu, n = get(scn, tgt, "server_cpu_s"), get(scn, tgt, "requests_ok")
+        return None if cpu is None or not n else cpu * 1000.0 / n
+
+    rows: list[tuple[str, list[float | None], int]] = []
+    for scn, label in (("nonstream64", "(a) non-stream, 64 clients"),
+                       ("stream64", "(b) stream 60 chunks, 64 clients")):
+        unit = "streams/s" if scn == "stream64" else "requests/s"
+        rows.append((f"{label}: {unit}", [get(scn, t, "requests_per_s") for t in targets], 0))
+        rows.append(("    latency p50 ms", [get(scn, t, "latency_ms", "p50") for t in targets], 1))
+        rows.append(("    latency p99 ms", [get(scn, t, "latency_ms", "p99") for t in targets], 1))
+        if scn == "stream64":
+            rows.append(("    TTFT p50 ms", [get(scn, t, "ttft_ms", "p50") for t in targets], 1))
+            rows.append(("    TTFT p99 ms", [get(scn, t, "ttft_ms", "p99") for t in targets], 1))
+            rows.append(("    chunks/stream (mean)",
+                         [get(scn, t, "chunks_per_stream", "mean") for t in targets], 1))
+        rows.append(("    server CPU ms per request", [per_req_ms(scn, t) for t in targets], 3))
+        rows.append(("    errors", [get(scn, t, "errors") for t in targets], 0))
+    rows.append(("(c) 1 client non-stream: latency p50 ms",
+                 [get("nonstream1", t, "latency_ms", "p50") for t in targets], 2))
+    rows.append(("(c) 1 client stream: latency p50 ms",
+                 [get("stream1", t, "latency_ms", "p50") for t in targets], 2))
+    rows.append(("(c) 1 client stream: TTFT p50 ms",
+                 [get("stream1", t, "ttft_ms", "p50") for t in targets], 2))
+
+    w = 44
+    print()
+    print(f"{'':{w}}" + "".join(f"{t:>12}" for t in targets))
+    for label, vals, nd in rows:
+        print(f"{label:{w}}" + "".join(f"{fmt(v if nd else (None if v is None else round(v)), nd):>12}"
+                                       for v in vals))
+
+    print()
+    if "gateway" in targets:
+        print("gateway / relay ratios:")
+        print(f"  requests/s (a)  {ratio(get('nonstream64', 'gateway', 'requests_per_s'), get('nonstream64', 'relay', 'requests_per_s'))}")
+        print(f"  streams/s  (b)  {ratio(get('stream64', 'gateway', 'requests_per_s'), get('stream64', 'relay', 'requests_per_s'))}")
+    print("added at 1 client, p50, vs direct (ms):")
+    for t in targets:
+        if t == "direct":
+            continue
+        lat = diff(get("nonstream1", t, "latency_ms", "p50"), get("nonstream1", "direct", "latency_ms", "p50"))
+        slat = diff(get("stream1", t, "latency_ms", "p50"), get("stream1", "direct", "latency_ms", "p50"))
+        ttft = diff(get("stream1", t, "ttft_ms", "p50"), get("stream1", "direct", "ttft_ms", "p50"))
+        print(f"  {t:8} non-stream latency {fmt(lat, 2):>6}   stream latency {fmt(slat, 2):>6}"
+              f"   TTFT {fmt(ttft, 2):>6}")
+    for scn in ("nonstream64", "stream64", "nonstream1", "stream1"):
+        for t in targets:
+            msgs = results.get(scn, {}).get(t, {}).get("error_messages") or {}
+            for m, n in msgs.items():
+                print(f"  [{scn}/{t}] error x{n}: {m}")
+
+
+# ---------------------------------------------------------------- main
+
+def write_config(tmp: Path, gw_port: int, sim_port: int, slow_port: int) -> Path:
+    cfg = tmp / "bench.toml"
+    cfg.write_text(f"""\
+[server]
+host = "127.0.0.1"
+port = {gw_port}
+
+[storage]
+path = "{tmp / 'bench.db'}"
+
+[[models.{ALIAS}.deployments]]
+provider = "openai"
+base_url = "http://127.0.0.1:{sim_port}/v1"
+api_key = "sk-bench"
+model = "sim-model"
+
+[[models.{SLOW_ALIAS}.deployments]]
+provider = "openai"
+base_url = "http://127.0.0.1:{slow_port}/v1"
+api_key = "sk-bench"
+model = "sim-model-slow"
+""")
+    return cfg
+
+
+def sim_command(gw: list[str] | None, port: int, tps: float) -> list[str]:
+    if gw is not None:
+        return gw + ["sim", "--host", "127.0.0.1", "--port", str(port),
+                     "--ttft-ms", "0", "--tokens-per-second", str(tps)]
+    # Fallback while the CLI is not installed: the simulator module itself.
+    return [sys.executable, "-c",
+            "import sys; from proxy.sim_server import run_sim; "
+            f"run_sim('127.0.0.1', {port}, 0.0, {float(tps)})"]
+
+
+def memory_phase(gw_proc: subprocess.Popen[bytes], gw_port: int, slow_port: int, key: str,
+                 streams: int, tps: float, waves: int = 2) -> dict:
+    open_s = 60 / tps if tps > 0 else 0
+    out: dict = {"streams": streams, "tokens_per_second": tps, "waves": []}
+    out["rss_before_kb"] = rss_kb(gw_proc.pid)
+    print(f"\nmemory: {streams} concurrent streams through the gateway, each open ~{open_s:.0f} s "
+          f"(slow sim at {tps} tokens/s); gateway RSS before: {out['rss_before_kb'] / 1024:.1f} MiB",
+          flush=True)
+    for wave in range(1, waves + 1):
+        cmd = [sys.executable, str(LOADGEN), "--base-url", f"http://127.0.0.1:{gw_port}/v1",
+               "--api-key", key, "--model", SLOW_ALIAS, "--concurrency", str(streams),
+               "--requests", str(streams), "--stream", "--max-tokens", "60",
+               "--timeout", str(max(60.0, 4 * open_s)), "--json"]
+        client = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        peak_open = peak_up = 0
+        peak_rss = rss_at_full = 0
+        t0 = time.monotonic()
+        limit = max(60.0, 4 * open_s) + 30
+        try:
+            while client.poll() is None and time.monotonic() - t0 < limit:
+                n_open = established(gw_port)
+                n_up = established(slow_port)
+                rss = rss_kb(gw_proc.pid)
+                peak_rss = max(peak_rss, rss)
+                peak_open = max(peak_open, n_open)
+                if n_open >= streams:
+                    rss_at_full = max(rss_at_full, rss)
+                peak_up = max(peak_up, n_up)
+                time.sleep(0.25)
+            stdout, stderr = client.communicate(timeout=max(1.0, limit - (time.monotonic() - t0)))
+        finally:
+            if client.poll() is None:
+                client.kill()
+                client.wait()
+        try:
+            res = json.loads(stdout)
+        except (json.JSONDecodeError, ValueError):
+            res = {"requests_ok": 0, "errors": None, "error_messages": {"loadgen": stderr.decode()[-300:]}}
+        time.sleep(5)
+        after = rss_kb(gw_proc.pid)
+        w = {"wave": wave, "peak_open_client_conns": peak_open,
+             "peak_open_upstream_conns": peak_up, "rss_peak_kb": peak_rss,
+             "rss_at_peak_open_kb": rss_at_full, "rss_5s_after_kb": after,
+             "ok": res.get("requests_ok"), "errors": res.get("errors"),
+             "error_messages": res.get("error_messages"),
+             "ttft_ms_p50": (res.get("ttft_ms") or {}).get("p50"),
+             "latency_ms_p50": (res.get("latency_ms") or {}).get("p50"),
+             "chunks_mean": (res.get("chunks_per_stream") or {}).get("mean")}
+        out["waves"].append(w)
+        print(f"  wave {wave}: open at peak {peak_open} client / {peak_up} upstream conns; "
+              f"{w['ok']} ok, {w['errors']} errors; stream p50 {fmt(w['latency_ms_p50'], 0)} ms; "
+              f"RSS peak {peak_rss / 1024:.1f} MiB, 5 s after {after / 1024:.1f} MiB", flush=True)
+        for m, n in (w["error_messages"] or {}).items():
+            print(f"    error x{n}: {m}")
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description="direct vs bare relay vs gateway",
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__)
+    p.add_argument("--duration", type=float, default=10.0, help="seconds per 64-client run")
+    p.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each run")
+    p.add_argument("--concurrency", type=int, default=64)
+    p.add_argument("--quick", action="store_true",
+                   help="3 s runs, 200-stream memory phase (a smoke test, not a measurement)")
+    p.add_argument("--mem-streams", type=int, default=None, help="default 1000 (200 with --quick)")
+    p.add_argument("--slow-tps", type=float, default=5.0,
+                   help="slow simulator's tokens/s for the memory phase (60 tokens -> 60/tps s open)")
+    p.add_argument("--no-memory", action="store_true", help="skip the memory phase")
+    p.add_argument("--no-gateway", action="store_true", help="only direct vs relay")
+    p.add_argument("--json-out", help="also write all results to this JSON file")
+    p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (logs, config)")
+    a = p.parse_args()
+    if a.quick:
+        a.duration = min(a.duration, 3.0)
+        a.warmup = min(a.warmup, 0.5)
+    mem_streams = a.mem_streams or (200 if a.quick else 1000)
+    _raise_nofile()
+
+    gw = gateway_command()
+    use_gateway = not a.no_gateway and gw is not None
+    if gw is None and not a.no_gateway:
+        print("note: `prometheus-gateway` not found next to this Python and `proxy.cli` not "
+              "importable: measuring direct vs relay only", flush=True)
+
+    tmp = Path(tempfile.mkdtemp(prefix="prom-bench-"))
+    procs = Procs(tmp)
+    all_results: dict = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+                         "duration_s": a.duration, "concurrency": a.concurrency}
+    try:
+        sim_port, slow_port, relay_port, gw_port = (free_port() for _ in range(4))
+        env = dict(os.environ)
+        sim = procs.start("sim", sim_command(gw, sim_port, 0), env)
+        wait_port(sim_port, sim, "simulator")
+        relay = procs.start("relay", [sys.executable, str(RELAY), "--port", str(relay_port),
+                                      "--upstream", f"http://127.0.0.1:{sim_port}/v1"], env)
+        wait_port(relay_port, relay, "relay")
+
+        targets: dict[str, tuple[str, str, str, int]] = {
+            "direct": (f"http://127.0.0.1:{sim_port}/v1", "", "sim-model", sim.pid),
+            "relay": (f"http://127.0.0.1:{relay_port}/v1", "", "sim-model", relay.pid),
+        }
+        gw_proc = None
+        key = ""
+        if use_gateway:
+            slow = procs.start("slow-sim", sim_command(gw, slow_port, a.slow_tps), env)
+            wait_port(slow_port, slow, "slow simulator")
+            cfg = write_config(tmp, gw_port, sim_port, slow_port)
+            gw_env = {k: v for k, v in env.items() if not k.startswith("PROMETHEUS_")}
+            made = subprocess.run(gw + ["keys", "create", "--name", "bench", "--config", str(cfg),
+                                        "--json"], capture_output=True, env=gw_env, timeout=60)
+            if made.returncode != 0:
+                raise RuntimeError(f"keys create failed: {made.stderr.decode()[-800:]}")
+            key = json.loads(made.stdout.decode().strip().splitlines()[-1])["key"]
+            gw_proc = procs.start("gateway", gw + ["serve", "--config", str(cfg), "--host",
+                                                   "127.0.0.1", "--port", str(gw_port),
+                                                   "--workers", "1"], gw_env)
+            wait_healthz(gw_port, gw_proc)
+            all_results["gateway_rss_idle_kb"] = rss_kb(gw_proc.pid)
+            targets["gateway"] = (f"http://127.0.0.1:{gw_port}/v1", key, ALIAS, gw_proc.pid)
+
+        names = list(targets)
+        print(f"machine: {os.cpu_count()} CPUs shared by client, simulator and the server under "
+              f"test; {a.duration:g} s per run after {a.warmup:g} s warm-up", flush=True)
+        if gw_proc is not None:
+            print(f"gateway pid {gw_proc.pid}, idle RSS {all_results['gateway_rss_idle_kb'] / 1024:.1f} MiB")
+        scenarios = [
+            ("nonstream64", dict(concurrency=a.concurrency, stream=False, duration=a.duration)),
+            ("stream64", dict(concurrency=a.concurrency, stream=True, duration=a.duration)),
+            ("nonstream1", dict(concurrency=1, stream=False, duration=max(2.0, a.duration / 2))),
+            ("stream1", dict(concurrency=1, stream=True, duration=max(2.0, a.duration / 2))),
+        ]
+        results: dict[str, dict[str, dict]] = {}
+        for scn, kw in scenarios:
+            results[scn] = {}
+            for name in names:
+                url, k, model, pid = targets[name]
+                r = loadgen(url, api_key=k, model=model, warmup=a.warmup, watch=[pid], **kw)
+                results[scn][name] = r
+                extra = f" TTFT p50 {fmt(r.get('ttft_ms', {}).get('p50'), 2)}" if kw["stream"] else ""
+                print(f"  {scn:12} {name:8} {r['requests_per_s']:>10,.1f}/s  p50 "
+                      f"{fmt(r['latency_ms']['p50'], 2)} ms{extra}  errors {r['errors']}  "
+                      f"(client CPU {r['client_cpu_s']} s, server CPU {r['server_cpu_s']} s)",
+                      flush=True)
+        all_results["runs"] = results
+        print_table(results, names)
+
+        if gw_proc is not None and not a.no_memory:
+            all_results["memory"] = memory_phase(gw_proc, gw_port, slow_port, key, mem_streams,
+                                                 a.slow_tps)
+            m = all_results["memory"]
+            print("\ngateway RSS (MiB): idle {:.1f}, before {:.1f}, ".format(
+                all_results["gateway_rss_idle_kb"] / 1024, m["rss_before_kb"] / 1024)
+                + ", ".join(f"wave {w['wave']} peak {w['rss_peak_kb'] / 1024:.1f} / after "
+                            f"{w['rss_5s_after_kb'] / 1024:.1f}" for w in m["waves"]))
+        if a.json_out:
+            Path(a.json_out).write_text(json.dumps(all_results, indent=2))
+        return 0
+    finally:
+        procs.stop_all()
+        if a.keep_tmp:
+            print(f"(logs and config kept in {tmp})")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
