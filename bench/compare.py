@@ -219,7 +219,7 @@ def established(port: int) -> int:
 
 def loadgen(base_url: str, *, api_key: str = "", model: str = ALIAS, concurrency: int,
             duration: float | None = None, requests: int | None = None, stream: bool = False,
-            max_tokens: int = 60, warmup: float = 0.0, timeout: float = 60.0,
+            max_tokens: int = 60, warmup: float = 0.0, timeout: float = 30.0,
             watch: list[int] | None = None) -> dict:
     """One bench/loadgen.py run in its own process. Adds the client's CPU
     seconds, and each watched server PID's CPU seconds, to the result."""
@@ -234,8 +234,13 @@ def loadgen(base_url: str, *, api_key: str = "", model: str = ALIAS, concurrency
     watch = watch or []
     before_children = resource.getrusage(resource.RUSAGE_CHILDREN)
     before = [cpu_s(p) for p in watch]
-    limit = (duration or 0) + warmup + timeout + 30
-    done = subprocess.run(cmd, capture_output=True, timeout=limit)
+    limit = (duration or 0) + warmup + timeout + 15
+    try:
+        done = subprocess.run(cmd, capture_output=True, timeout=limit)
+    except subprocess.TimeoutExpired:  # run() has killed it
+        return {"requests_ok": 0, "requests_per_s": 0.0, "errors": None,
+                "latency_ms": {}, "ttft_ms": {}, "client_cpu_s": None, "server_cpu_s": None,
+                "error_messages": {f"loadgen killed after {limit:.0f} s": 1}}
     after = [cpu_s(p) for p in watch]
     after_children = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode not in (0, 1) or not done.stdout.strip():
@@ -480,7 +485,8 @@ def main() -> int:
                                         "--json"], capture_output=True, env=gw_env, timeout=60)
             if made.returncode != 0:
                 raise RuntimeError(f"keys create failed: {made.stderr.decode()[-800:]}")
-            key = json.loads(made.stdout.decode().strip().splitlines()[-1])["key"]
+            text = made.stdout.decode()
+            key = json.JSONDecoder().raw_decode(text[text.index("{"):])[0]["key"]
             gw_proc = procs.start("gateway", gw + ["serve", "--config", str(cfg), "--host",
                                                    "127.0.0.1", "--port", str(gw_port),
                                                    "--workers", "1"], gw_env)

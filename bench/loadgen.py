@@ -158,7 +158,8 @@ async def one_request(session: aiohttp.ClientSession, url: str, body: bytes,
 
 async def run_phase(session: aiohttp.ClientSession, args: argparse.Namespace, url: str,
                     body: bytes, headers: dict[str, str], duration: float | None,
-                    requests: int | None) -> tuple[Stats, float]:
+                    requests: int | None, cancel_at_deadline: bool = False
+                    ) -> tuple[Stats, float]:
     """Run N closed-loop clients until `duration` seconds or `requests` requests."""
     stats = Stats()
     remaining = [requests] if requests is not None else None
@@ -175,7 +176,15 @@ async def run_phase(session: aiohttp.ClientSession, args: argparse.Namespace, ur
                 return
             await one_request(session, url, body, headers, args.stream, stats)
 
-    await asyncio.gather(*(client() for _ in range(args.concurrency)))
+    tasks = [asyncio.ensure_future(client()) for _ in range(args.concurrency)]
+    if cancel_at_deadline and duration is not None:
+        # warm-up: whatever is still in flight at the deadline is dropped, not awaited
+        _, pending = await asyncio.wait(tasks, timeout=duration)
+        for t in pending:
+            t.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+    else:
+        await asyncio.gather(*tasks)
     return stats, time.perf_counter() - start
 
 
@@ -246,7 +255,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
                                      auto_decompress=False, skip_auto_headers=("User-Agent",)
                                      ) as session:
         if args.warmup > 0:
-            await run_phase(session, args, url, body, headers, args.warmup, None)
+            await run_phase(session, args, url, body, headers, args.warmup, None,
+                            cancel_at_deadline=True)
         duration = args.duration
         if args.requests is None and duration is None:
             duration = 10.0
