@@ -246,6 +246,7 @@ def loadgen(base_url: str, *, api_key: str = "", model: str = ALIAS, concurrency
     if done.returncode not in (0, 1) or not done.stdout.strip():
         raise RuntimeError(f"loadgen failed ({done.returncode}): {done.stderr.decode()[-800:]}")
     res = json.loads(done.stdout)
+    res["warmup_s"] = warmup
     res["client_cpu_s"] = round((after_children.ru_utime + after_children.ru_stime)
                                 - (before_children.ru_utime + before_children.ru_stime), 3)
     res["server_cpu_s"] = round(sum(a - b for a, b in zip(after, before)), 3)
@@ -285,6 +286,11 @@ def print_table(results: dict[str, dict[str, dict]], targets: list[str]) -> None
         cpu, n = get(scn, tgt, "server_cpu_s"), get(scn, tgt, "requests_ok")
         return None if cpu is None or not n else cpu * 1000.0 / n
 
+    def client_pct(scn: str, tgt: str) -> float | None:
+        cpu, el = get(scn, tgt, "client_cpu_s"), get(scn, tgt, "elapsed_s")
+        wu = get(scn, tgt, "warmup_s") or 0.0
+        return None if cpu is None or not el else 100.0 * cpu / (el + wu)
+
     rows: list[tuple[str, list[float | None], int]] = []
     for scn, label in (("nonstream64", "(a) non-stream, 64 clients"),
                        ("stream64", "(b) stream 60 chunks, 64 clients")):
@@ -297,8 +303,9 @@ def print_table(results: dict[str, dict[str, dict]], targets: list[str]) -> None
             rows.append(("    TTFT p99 ms", [get(scn, t, "ttft_ms", "p99") for t in targets], 1))
             rows.append(("    chunks/stream (mean)",
                          [get(scn, t, "chunks_per_stream", "mean") for t in targets], 1))
-        rows.append(("    server CPU ms per request", [per_req_ms(scn, t) for t in targets], 3))
+        rows.append(("    server CPU ms per request (see note)", [per_req_ms(scn, t) for t in targets], 3))
         rows.append(("    errors", [get(scn, t, "errors") for t in targets], 0))
+        rows.append(("    client CPU, % of one core", [client_pct(scn, t) for t in targets], 0))
     rows.append(("(c) 1 client non-stream: latency p50 ms",
                  [get("nonstream1", t, "latency_ms", "p50") for t in targets], 2))
     rows.append(("(c) 1 client stream: latency p50 ms",
@@ -313,6 +320,8 @@ def print_table(results: dict[str, dict[str, dict]], targets: list[str]) -> None
         print(f"{label:{w}}" + "".join(f"{fmt(v if nd else (None if v is None else round(v)), nd):>12}"
                                        for v in vals))
 
+    print("note: server CPU is the process under test only (direct: the simulator itself;"
+          " relay, gateway: without the simulator behind them).")
     print()
     if "gateway" in targets:
         print("gateway / relay ratios:")

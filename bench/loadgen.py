@@ -121,11 +121,14 @@ async def one_request(session: aiohttp.ClientSession, url: str, body: bytes,
             async for piece in resp.content.iter_any():
                 size += len(piece)
                 buf = carry + piece if carry else piece
-                cut = buf.rfind(b"\n")
-                if cut < 0:
-                    carry = buf
-                    continue
-                lines, carry = buf[: cut + 1], buf[cut + 1:]
+                if buf.endswith(b"\n"):
+                    lines, carry = buf, b""
+                else:
+                    cut = buf.rfind(b"\n")
+                    if cut < 0:
+                        carry = buf
+                        continue
+                    lines, carry = buf[: cut + 1], buf[cut + 1:]
                 found = len(_CONTENT.findall(lines))
                 if found:
                     if ttft is None:
