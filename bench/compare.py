@@ -200,7 +200,7 @@ def cpu_s(pid: int) -> float:
 
 def established(port: int) -> int:
     """Established TCP connections whose local port is `port` (server side)."""
-    n = 0
+    seen: set[tuple[str, str]] = set()  # the table is not read atomically: dedupe
     want = f":{port:04X}"
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
@@ -209,10 +209,10 @@ def established(port: int) -> int:
                 for line in f:
                     parts = line.split(None, 4)
                     if parts[3] == "01" and parts[1].endswith(want):
-                        n += 1
+                        seen.add((parts[1], parts[2]))
         except OSError:
             pass
-    return n
+    return len(seen)
 
 
 # ---------------------------------------------------------------- load runs
@@ -451,6 +451,7 @@ def main() -> int:
                    help="slow simulator's tokens/s for the memory phase (60 tokens -> 60/tps s open)")
     p.add_argument("--no-memory", action="store_true", help="skip the memory phase")
     p.add_argument("--no-gateway", action="store_true", help="only direct vs relay")
+    p.add_argument("--memory-only", action="store_true", help="skip the throughput runs")
     p.add_argument("--json-out", help="also write all results to this JSON file")
     p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (logs, config)")
     a = p.parse_args()
@@ -515,7 +516,7 @@ def main() -> int:
             ("stream1", dict(concurrency=1, stream=True, duration=max(2.0, a.duration / 2))),
         ]
         results: dict[str, dict[str, dict]] = {}
-        for scn, kw in scenarios:
+        for scn, kw in ([] if a.memory_only else scenarios):
             results[scn] = {}
             for name in names:
                 url, k, model, pid = targets[name]
@@ -527,7 +528,8 @@ def main() -> int:
                       f"(client CPU {r['client_cpu_s']} s, server CPU {r['server_cpu_s']} s)",
                       flush=True)
         all_results["runs"] = results
-        print_table(results, names)
+        if results:
+            print_table(results, names)
 
         if gw_proc is not None and not a.no_memory:
             all_results["memory"] = memory_phase(gw_proc, gw_port, slow_port, key, mem_streams,
