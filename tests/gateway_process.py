@@ -1,0 +1,224 @@
+"""Run the installed gateway as a real process, and its CLI, for the tests.
+
+`GatewayProcess` writes a config file into a temp dir, starts
+`python -m proxy serve` there (the installed package, not the source tree:
+the working directory is the temp dir), waits for `/healthz`, and keeps its
+stdout (the JSON log lines) in a file the tests can read. `cli()` runs any
+`prometheus-gateway` subcommand against the same config.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from upstream_app import UPSTREAM_KEY
+
+SHARED = Path(__file__).resolve().parent.parent.parent / "shared"
+ADMIN_KEY = "prom_admin_test_secret_value_0123456789"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def closed_port_url() -> str:
+    """A loopback URL where nothing listens: an upstream that is down."""
+    return f"http://127.0.0.1:{free_port()}/v1"
+
+
+def gateway_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("OPENAI_", "ANTHROPIC_", "PROMETHEUS_"))}
+    env["PROMETHEUS_ADMIN_KEY"] = ADMIN_KEY
+    env.update(extra or {})
+    return env
+
+
+class GatewayProcess:
+    def __init__(self, workdir: Path, config_text: str | None, *, workers: int = 1,
+                 env: dict[str, str] | None = None) -> None:
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.config: Path | None = None
+        if config_text is not None:
+            self.config = workdir / "prometheus.toml"
+            self.config.write_text(config_text)
+        self.port = free_port()
+        self.workers = workers
+        self.env = gateway_env(env)
+        self.log_path = workdir / f"gateway-{self.port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def root_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _config_args(self) -> list[str]:
+        return ["--config", str(self.config)] if self.config else []
+
+    def start(self, timeout: float = 20.0) -> GatewayProcess:
+        log = self.log_path.open("ab")
+        cmd = [sys.executable, "-m", "proxy", "serve", *self._config_args(),
+               "--port", str(self.port), "--workers", str(self.workers)]
+        self.proc = subprocess.Popen(cmd, cwd=self.workdir, env=self.env, stdout=log,
+                                     stderr=subprocess.STDOUT)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gateway exited at start:\n{self.log_text()}")
+            try:
+                with urllib.request.urlopen(f"{self.root_url}/healthz", timeout=1) as r:
+                    if r.status == 200:
+                        return self
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"gateway did not become healthy:\n{self.log_text()}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(sig)
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def kill(self) -> None:
+        """SIGKILL the whole gateway (the parent and any forked workers)."""
+        if self.proc is None:
+            return
+        children = _children(self.proc.pid)
+        self.proc.kill()
+        for pid in children:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.wait(10)
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_lines(self) -> list[dict[str, Any]]:
+        lines = []
+        for line in self.log_text().splitlines():
+            try:
+                lines.append(json.loads(line))
+            except ValueError:
+                continue
+        return lines
+
+    # -- CLI ---------------------------------------------------------------
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "proxy", *args, *self._config_args()]
+        done = subprocess.run(cmd, cwd=self.workdir, env=self.env, capture_output=True,
+                              text=True, timeout=60)
+        if check and done.returncode != 0:
+            raise AssertionError(f"{cmd} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+        return done
+
+    def create_key(self, name: str, models: str | None = None) -> dict[str, Any]:
+        args = ["keys", "create", "--name", name, "--json"]
+        if models:
+            args += ["--models", models]
+        return dict(json.loads(self.cli(*args).stdout))
+
+    def usage(self, key_id: str | None = None, by: str = "day") -> list[dict[str, Any]]:
+        args = ["usage", "--json", "--by", by]
+        if key_id:
+            args += ["--key-id", key_id]
+        return list(json.loads(self.cli(*args).stdout))
+
+    def db_rows(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+        """Rows of the gateway's own SQLite file (named gateway.db by gateway_config)."""
+        conn = sqlite3.connect(self.workdir / "gateway.db", timeout=10)
+        try:
+            return conn.execute(sql, params).fetchall()
+        finally:
+            conn.close()
+
+
+def gateway_config(upstream_url: str, *, db: str = "gateway.db", max_body_mb: float = 1) -> str:
+    return f"""
+[server]
+max_body_mb = {max_body_mb}
+
+[storage]
+path = "{db}"
+
+[[models.prometheus-lite.deployments]]
+provider = "openai"
+base_url = "{upstream_url}"
+api_key = "{UPSTREAM_KEY}"
+model = "up-lite"
+
+[[models.prometheus-core.deployments]]
+provider = "openai"
+base_url = "{upstream_url}"
+api_key = "{UPSTREAM_KEY}"
+model = "up-core"
+
+[[models.prometheus-atlas.deployments]]
+provider = "openai"
+base_url = "{upstream_url}"
+api_key = "{UPSTREAM_KEY}"
+model = "up-embed"
+
+[[models.prometheus-surge.deployments]]
+provider = "openai"
+base_url = "{closed_port_url()}"
+api_key = "{UPSTREAM_KEY}"
+model = "up-surge"
+timeout_s = 5
+
+[[models.prometheus-pulse.deployments]]
+provider = "sim"
+ttft_ms = 5
+tokens_per_second = 2000
+
+[[models.team-custom.deployments]]
+provider = "openai"
+base_url = "{upstream_url}"
+api_key = "{UPSTREAM_KEY}"
+model = "up-custom"
+
+[models.team-custom.price]
+input_per_mtok = 2.0
+output_per_mtok = 8.0
+"""
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == pid:
+            found.append(int(entry.name))
+    return found

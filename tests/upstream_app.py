@@ -1,0 +1,257 @@
+"""A small OpenAI-compatible upstream for the end-to-end tests.
+
+It answers `POST /v1/chat/completions` (plain and SSE, with pauses between
+chunks), `POST /v1/embeddings`, and records every request it received
+(headers and JSON body) so tests can check what the gateway sent upstream.
+It runs on its own event loop in a background thread, on a free loopback port.
+
+Behaviour is chosen by the request, the way a real upstream's would be:
+- the reply text is `REPLY_WORDS` words long (or `max_tokens`, if smaller);
+  the prompt's usage is the word count of all messages plus 7;
+- `tools` in the request -> a tool call reply (finish_reason "tool_calls");
+- `response_format` json_object/json_schema -> JSON text content;
+- magic words in the last user message pick a failure:
+  `__status_500__`, `__status_401__`, `__status_429__`, `__status_400__`
+  answer that status in OpenAI's error shape;
+  `__cut_after_3__` streams three content chunks, then drops the connection;
+  `__no_usage__` never sends usage (neither in JSON nor in the stream);
+  `__slow__` pauses 0.3 s between stream chunks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import struct
+import threading
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+REPLY_WORDS = 12
+CHUNK_PAUSE_S = 0.004
+UPSTREAM_KEY = "sk-upstream-secret"
+
+
+def reply_words(n: int) -> list[str]:
+    """The deterministic words of a reply of n tokens."""
+    vocab = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel"]
+    return [("" if i == 0 else " ") + vocab[i % len(vocab)] for i in range(n)]
+
+
+def prompt_tokens(body: dict[str, Any]) -> int:
+    words = 0
+    for msg in body.get("messages") or []:
+        content = msg.get("content")
+        if isinstance(content, str):
+            words += len(content.split())
+    return words + 7
+
+
+def _last_user_text(body: dict[str, Any]) -> str:
+    for msg in reversed(body.get("messages") or []):
+        if msg.get("role") == "user" and isinstance(msg.get("content"), str):
+            return str(msg["content"])
+    return ""
+
+
+def _error(status: int, message: str, code: str, kind: str = "invalid_request_error",
+           headers: dict[str, str] | None = None) -> web.Response:
+    body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json",
+                        headers=headers)
+
+
+class Upstream:
+    """The fake upstream: start() in a thread, read `.requests`, stop()."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.disconnects = 0  # streams whose client (the gateway) went away
+        self.port = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._runner: web.AppRunner | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    # -- lifecycle -------------------------------------------------------
+    def start(self) -> None:
+        ready = threading.Event()
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            asyncio.set_event_loop(loop)
+            loop.run_until_complete(self._start())
+            ready.set()
+            loop.run_forever()
+            loop.run_until_complete(self._runner.cleanup() if self._runner else asyncio.sleep(0))
+            loop.close()
+
+        self._thread = threading.Thread(target=run, name="fake-upstream", daemon=True)
+        self._thread.start()
+        if not ready.wait(10):
+            raise RuntimeError("fake upstream did not start")
+
+    async def _start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/embeddings", self._embeddings)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    def stop(self) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread is not None:
+            self._thread.join(10)
+
+    # -- recording -------------------------------------------------------
+    def received(self, path_suffix: str = "") -> list[dict[str, Any]]:
+        with self._lock:
+            return [r for r in self.requests if r["path"].endswith(path_suffix)]
+
+    def clear(self) -> None:
+        with self._lock:
+            self.requests.clear()
+            self.disconnects = 0
+
+    async def _record(self, request: web.Request) -> dict[str, Any]:
+        raw = await request.read()
+        body = orjson.loads(raw)
+        with self._lock:
+            self.requests.append({"path": request.path, "headers": dict(request.headers),
+                                  "body": body, "raw": raw})
+        return body
+
+    # -- handlers --------------------------------------------------------
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        body = await self._record(request)
+        magic = _last_user_text(body)
+        for status, code in ((500, "server_error"), (401, "invalid_api_key"),
+                             (429, "rate_limit_exceeded"), (400, "context_length_exceeded")):
+            if f"__status_{status}__" in magic:
+                headers = {"Retry-After": "7"} if status == 429 else None
+                kind = "server_error" if status == 500 else "invalid_request_error"
+                return _error(status, f"upstream says {status}", code, kind, headers)
+        n = REPLY_WORDS
+        if isinstance(body.get("max_tokens"), int):
+            n = min(n, body["max_tokens"])
+        words = reply_words(n)
+        tool_call = None
+        if body.get("tools"):
+            fn = body["tools"][0]["function"]["name"]
+            tool_call = {"id": "call_abc123", "type": "function",
+                         "function": {"name": fn, "arguments": '{"city": "Paris"}'}}
+        fmt = (body.get("response_format") or {}).get("type")
+        if fmt in ("json_object", "json_schema"):
+            words = ['{"answer"', ': ', '"', "forty", "-two", '"}']
+        usage = {"prompt_tokens": prompt_tokens(body), "completion_tokens": len(words),
+                 "total_tokens": prompt_tokens(body) + len(words)}
+        send_usage = "__no_usage__" not in magic
+        created = int(time.time())
+        if not body.get("stream"):
+            message: dict[str, Any] = {"role": "assistant", "content": "".join(words),
+                                       "refusal": None}
+            finish = "stop"
+            if tool_call:
+                message = {"role": "assistant", "content": None, "tool_calls": [tool_call],
+                           "refusal": None}
+                finish = "tool_calls"
+            reply = {
+                "id": "chatcmpl-upstream1", "object": "chat.completion", "created": created,
+                "model": body["model"], "system_fingerprint": "fp_test",
+                "choices": [{"index": 0, "message": message, "logprobs": None,
+                             "finish_reason": finish}],
+                "usage": usage if send_usage else None,
+            }
+            if not send_usage:
+                del reply["usage"]
+            return web.Response(body=orjson.dumps(reply), content_type="application/json")
+        return await self._stream(request, body, words, tool_call, usage, send_usage, magic,
+                                  created)
+
+    async def _stream(self, request: web.Request, body: dict[str, Any], words: list[str],
+                      tool_call: dict[str, Any] | None, usage: dict[str, int],
+                      send_usage: bool, magic: str, created: int) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        pause = 0.3 if "__slow__" in magic else CHUNK_PAUSE_S
+        base = {"id": "chatcmpl-upstream2", "object": "chat.completion.chunk",
+                "created": created, "model": body["model"], "system_fingerprint": "fp_test"}
+        include_usage = (body.get("stream_options") or {}).get("include_usage") is True
+
+        def event(choices: list[dict[str, Any]], usage_value: Any = None) -> bytes:
+            chunk = dict(base, choices=choices)
+            if include_usage:
+                chunk["usage"] = usage_value
+            return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+        try:
+            await resp.write(event([{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                     "logprobs": None, "finish_reason": None}]))
+            if tool_call:
+                await resp.write(event([{"index": 0, "delta": {"tool_calls": [
+                    {"index": 0, "id": tool_call["id"], "type": "function",
+                     "function": {"name": tool_call["function"]["name"], "arguments": ""}}]},
+                    "logprobs": None, "finish_reason": None}]))
+                for part in ('{"city": ', '"Paris"}'):
+                    await asyncio.sleep(pause)
+                    await resp.write(event([{"index": 0, "delta": {"tool_calls": [
+                        {"index": 0, "function": {"arguments": part}}]},
+                        "logprobs": None, "finish_reason": None}]))
+                finish = "tool_calls"
+            else:
+                for i, word in enumerate(words):
+                    await asyncio.sleep(pause)
+                    if "__cut_after_3__" in magic and i == 3:
+                        # drop the connection mid-stream, as a crashing upstream would
+                        assert request.transport is not None
+                        request.transport.abort()
+                        return resp
+                    await resp.write(event([{"index": 0, "delta": {"content": word},
+                                             "logprobs": None, "finish_reason": None}]))
+                finish = "stop"
+            await resp.write(event([{"index": 0, "delta": {}, "logprobs": None,
+                                     "finish_reason": finish}]))
+            if include_usage and send_usage:
+                await resp.write(event([], usage))
+            await resp.write(b"data: [DONE]\n\n")
+            await resp.write_eof()
+        except (ConnectionResetError, asyncio.CancelledError):
+            with self._lock:
+                self.disconnects += 1
+            raise
+        return resp
+
+    async def _embeddings(self, request: web.Request) -> web.Response:
+        body = await self._record(request)
+        inp = body["input"]
+        if isinstance(inp, str) or (isinstance(inp, list) and inp and isinstance(inp[0], int)):
+            inputs: list[Any] = [inp]
+        else:
+            inputs = list(inp)
+        dims = body.get("dimensions") or 8
+        data = []
+        tokens = 0
+        for i, item in enumerate(inputs):
+            tokens += len(item.split()) if isinstance(item, str) else len(item)
+            vec = [round((i + 1) * 0.001 * (j + 1), 6) for j in range(dims)]
+            emb: Any = vec
+            if body.get("encoding_format") == "base64":
+                emb = base64.b64encode(struct.pack(f"<{dims}f", *vec)).decode()
+            data.append({"object": "embedding", "index": i, "embedding": emb})
+        reply = {"object": "list", "data": data, "model": body["model"],
+                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+        return web.Response(body=orjson.dumps(reply), content_type="application/json")
