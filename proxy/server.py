@@ -63,6 +63,9 @@ def run_worker(config: GatewayConfig, reuse_port: bool) -> None:
         access_log=None,
         loop=uvloop.new_event_loop(),
         shutdown_timeout=10.0,
+        # a client that leaves cancels its handler at once: the upstream request
+        # is closed and only what the client actually received is billed
+        handler_cancellation=True,
         backlog=4096,
     )
 

@@ -1,0 +1,213 @@
+"""Metering: usage --json matches what was sent, exactly; dropped streams are billed."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from typing import Any
+
+import openai
+import pytest
+from proxy.tokens import get_encoding
+
+from gateway_process import GatewayProcess
+from upstream_app import Upstream, reply_words
+
+PRICES = {  # $ per 1M tokens (input, output): PRODUCT.md list prices, team-custom from the config
+    "prometheus-lite": (0.10, 0.40),
+    "prometheus-core": (1.10, 4.40),
+    "prometheus-atlas": (0.02, 0.0),
+    "team-custom": (2.0, 8.0),
+}
+
+
+class Expected:
+    """What usage should say, from what the fake upstream reports per request."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, dict[str, Any]] = defaultdict(
+            lambda: {"requests": 0, "input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0})
+
+    def add(self, model: str, tin: int, tout: int) -> None:
+        row = self.rows[model]
+        row["requests"] += 1
+        row["input_tokens"] += tin
+        row["output_tokens"] += tout
+        pin, pout = PRICES[model]
+        row["cost_usd"] += tin * pin / 1e6 + tout * pout / 1e6
+
+
+def chat(client: openai.OpenAI, exp: Expected, model: str, text: str, *, stream: bool = False,
+         include_usage: bool = False, max_tokens: int | None = None) -> None:
+    messages = [{"role": "user", "content": text}]
+    extra: dict[str, Any] = {}
+    if max_tokens is not None:
+        extra["max_tokens"] = max_tokens
+    if stream:
+        if include_usage:
+            extra["stream_options"] = {"include_usage": True}
+        for _ in client.chat.completions.create(model=model, messages=messages, stream=True,
+                                                **extra):
+            pass
+    else:
+        client.chat.completions.create(model=model, messages=messages, **extra)
+    exp.add(model, len(text.split()) + 7, min(12, max_tokens or 12))
+
+
+def embed(client: openai.OpenAI, exp: Expected, inp: Any) -> None:
+    client.embeddings.create(model="prometheus-atlas", input=inp)
+    items = [inp] if isinstance(inp, str) else inp
+    exp.add("prometheus-atlas", sum(len(i.split()) for i in items), 0)
+
+
+def usage_by_model(gateway: GatewayProcess, key_id: str) -> dict[str, dict[str, Any]]:
+    return {row["model"]: row for row in gateway.usage(key_id)}
+
+
+def matches(got: dict[str, dict[str, Any]], exp: Expected) -> bool:
+    if set(got) != set(exp.rows):
+        return False
+    for model, want in exp.rows.items():
+        row = got[model]
+        for field in ("requests", "input_tokens", "output_tokens"):
+            if row[field] != want[field]:
+                return False
+        if row["cost_usd"] != pytest.approx(want["cost_usd"], rel=1e-9, abs=1e-15):
+            return False
+    return True
+
+
+def test_usage_matches_a_scripted_mix_from_two_keys(gateway: GatewayProcess) -> None:
+    key_a = gateway.create_key("meter-a")
+    key_b = gateway.create_key("meter-b")
+    a = openai.OpenAI(base_url=gateway.base_url, api_key=key_a["key"], max_retries=0)
+    b = openai.OpenAI(base_url=gateway.base_url, api_key=key_b["key"], max_retries=0)
+    exp_a, exp_b = Expected(), Expected()
+
+    chat(a, exp_a, "prometheus-lite", "first question from a")
+    chat(a, exp_a, "prometheus-lite", "second one", stream=True)
+    chat(a, exp_a, "prometheus-lite", "third one with a cap", max_tokens=5)
+    chat(a, exp_a, "prometheus-core", "a streamed core answer please", stream=True,
+         include_usage=True)
+    embed(a, exp_a, "embed this sentence of seven words now")
+    embed(a, exp_a, ["two items", "in a list"])
+    chat(b, exp_b, "prometheus-core", "b asks core")
+    chat(b, exp_b, "prometheus-core", "b streams core", stream=True, max_tokens=9)
+    chat(b, exp_b, "team-custom", "custom alias with its own price")
+    chat(b, exp_b, "prometheus-lite", "b again", stream=True, include_usage=True)
+    ended = time.monotonic()
+
+    deadline = ended + 2.0
+    got_a = got_b = {}
+    while time.monotonic() < deadline:
+        got_a = usage_by_model(gateway, key_a["id"])
+        got_b = usage_by_model(gateway, key_b["id"])
+        if matches(got_a, exp_a) and matches(got_b, exp_b):
+            break
+        time.sleep(0.1)
+    assert matches(got_a, exp_a), (got_a, dict(exp_a.rows))
+    assert matches(got_b, exp_b), (got_b, dict(exp_b.rows))
+    for row in [*got_a.values(), *got_b.values()]:
+        assert row["latency_ms_p50"] > 0
+        assert row["audio_seconds"] == 0
+        assert row["period"] == time.strftime("%Y-%m-%d", time.gmtime())
+    assert got_a["prometheus-core"]["ttft_ms_p50"] > 0  # streamed: TTFT measured
+    # every record says its tokens came from the upstream's own usage
+    sources = gateway.db_rows("SELECT DISTINCT usage_source FROM requests WHERE key_id IN (?, ?)",
+                              key_a["id"], key_b["id"])
+    assert sources == [("upstream",)]
+
+
+def test_usage_table_output_and_week_rollup(gateway: GatewayProcess) -> None:
+    key = gateway.create_key("meter-week")
+    client = openai.OpenAI(base_url=gateway.base_url, api_key=key["key"], max_retries=0)
+    exp = Expected()
+    for _ in range(3):
+        chat(client, exp, "prometheus-lite", "weekly")
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:
+        weekly = gateway.usage(key["id"], by="week")
+        if weekly and weekly[0]["requests"] == 3:
+            break
+        time.sleep(0.1)
+    assert len(weekly) == 1 and weekly[0]["requests"] == 3
+    monday = time.strftime("%Y-%m-%d", time.gmtime(time.time() - time.gmtime().tm_wday * 86400))
+    assert weekly[0]["period"] == monday
+    table = gateway.cli("usage", "--key-id", key["id"]).stdout
+    assert key["id"] in table and "prometheus-lite" in table
+
+
+def _wait_record(gateway: GatewayProcess, key_id: str, timeout: float = 5.0) -> tuple[Any, ...]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = gateway.db_rows(
+            "SELECT status, input_tokens, output_tokens, usage_source, error, cost_usd "
+            "FROM requests WHERE key_id = ?", key_id)
+        if rows:
+            assert len(rows) == 1, rows
+            return rows[0]
+        time.sleep(0.05)
+    raise AssertionError("no usage record")
+
+
+def test_dropped_stream_is_billed_for_what_the_client_got(gateway: GatewayProcess,
+                                                          upstream: Upstream) -> None:
+    key = gateway.create_key("dropper")
+    client = openai.OpenAI(base_url=gateway.base_url, api_key=key["key"], max_retries=0)
+    upstream.clear()
+    received = ""
+    content_chunks = 0
+    with client.chat.completions.create(
+            model="prometheus-lite", stream=True,
+            messages=[{"role": "user", "content": "__slow__ tell me a long story"}]) as stream:
+        for chunk in stream:
+            delta = chunk.choices[0].delta.content if chunk.choices else None
+            if delta:
+                received += delta
+                content_chunks += 1
+                if content_chunks == 3:
+                    break
+    # leaving the with-block closed the connection mid-stream
+    assert received == "".join(reply_words(3))
+    status, tin, tout, source, error, cost = _wait_record(gateway, key["id"])
+    assert status == 499 and error == "client_disconnected"
+    assert source == "local"  # the upstream never got to send its usage
+    enc = get_encoding("o200k_base")
+    assert tout == len(enc.encode(received))
+    assert tin > 0
+    assert cost == pytest.approx(tin * 0.10 / 1e6 + tout * 0.40 / 1e6)
+    # and the gateway stopped the upstream request instead of reading it to the end
+    deadline = time.monotonic() + 3
+    while upstream.disconnects == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert upstream.disconnects == 1
+
+
+def test_upstream_breaking_off_mid_stream(gateway: GatewayProcess) -> None:
+    key = gateway.create_key("cut-upstream")
+    client = openai.OpenAI(base_url=gateway.base_url, api_key=key["key"], max_retries=0)
+    received = ""
+    with pytest.raises(openai.APIError):
+        for chunk in client.chat.completions.create(
+                model="prometheus-lite", stream=True,
+                messages=[{"role": "user", "content": "__cut_after_3__ go"}]):
+            if chunk.choices:
+                received += chunk.choices[0].delta.content or ""
+    assert received == "".join(reply_words(3))
+    status, _tin, tout, source, error, _cost = _wait_record(gateway, key["id"])
+    assert status == 502 and error == "upstream_disconnected"
+    assert source == "local"
+    assert tout == len(get_encoding("o200k_base").encode(received))
+
+
+def test_upstream_without_usage_is_counted_locally(gateway: GatewayProcess) -> None:
+    key = gateway.create_key("no-usage")
+    client = openai.OpenAI(base_url=gateway.base_url, api_key=key["key"], max_retries=0)
+    reply = client.chat.completions.create(
+        model="prometheus-lite", messages=[{"role": "user", "content": "__no_usage__ hi"}])
+    assert reply.usage is None
+    status, tin, tout, source, _error, _cost = _wait_record(gateway, key["id"])
+    enc = get_encoding("o200k_base")
+    assert status == 200 and source == "local"
+    assert tout == len(enc.encode(reply.choices[0].message.content or ""))
+    assert tin > len(enc.encode("__no_usage__ hi"))  # the message framing counts too
