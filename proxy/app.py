@@ -143,7 +143,7 @@ def build_app(config: GatewayConfig) -> web.Application:
         db = await storage.connect_async(config.db_path)
         keys = KeyTable(db)
         await keys.start()
-        journal = UsageJournal(config.journal_dir, db)
+        journal = UsageJournal(config.journal_dir, db, config.db_path)
         journal.start()
         app[STATE] = GatewayState(
             config=config,

@@ -6,14 +6,18 @@ process's current journal segment (an O_APPEND write to the page cache, which
 survives the process being killed) and kept in memory. Every
 `FLUSH_INTERVAL_S` a background task rotates to a fresh segment, writes the
 batch to SQLite in one transaction (`INSERT OR IGNORE` on the request id) and
-then deletes the old segment. At start, `replay_journals` loads every segment
-left by a dead process: a killed process loses nothing, and because rows are
-keyed by request id, nothing is counted twice.
+then deletes the old segment. Each process holds an exclusive `flock` on the
+segment it writes; the kernel drops it when the process dies, however it
+dies. `replay_journals` loads every segment whose lock it can take, i.e.
+left by a dead process: at start, and every `SWEEP_INTERVAL_S` in each
+running worker (so a crashed sibling worker loses nothing either). Because
+rows are keyed by request id, nothing is counted twice.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import sqlite3
 import time
@@ -24,6 +28,7 @@ import aiosqlite
 import orjson
 
 FLUSH_INTERVAL_S = 0.25
+SWEEP_INTERVAL_S = 5.0
 
 COLUMNS = (
     "request_id",
@@ -53,13 +58,12 @@ def _row(record: dict[str, Any]) -> tuple[Any, ...]:
     return tuple(record.get(c) for c in COLUMNS)
 
 
-def _pid_alive(pid: int) -> bool:
+def _try_lock(fd: int) -> bool:
+    """Take the segment's lock if its writer is gone (or it is ours to take)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
         return False
-    except PermissionError:
-        return True
     return True
 
 
@@ -82,24 +86,36 @@ def replay_journals(journal_dir: Path, conn: sqlite3.Connection) -> int:
     added = 0
     for seg in sorted(journal_dir.glob("*.jsonl")):
         try:
-            pid = int(seg.name.split("-", 1)[0])
-        except ValueError:
-            continue
-        if pid != os.getpid() and _pid_alive(pid):
-            continue
-        rows = [_row(r) for r in _read_segment(seg)]
-        with conn:
-            before = conn.total_changes
-            conn.executemany(INSERT_SQL, rows)
-            added += conn.total_changes - before
-        seg.unlink(missing_ok=True)
+            fd = os.open(seg, os.O_RDONLY)
+        except FileNotFoundError:
+            continue  # flushed and removed by its writer meanwhile
+        try:
+            if not _try_lock(fd):
+                continue  # its writer is alive
+            rows = [_row(r) for r in _read_segment(seg)]
+            with conn:
+                before = conn.total_changes
+                conn.executemany(INSERT_SQL, rows)
+                added += conn.total_changes - before
+            seg.unlink(missing_ok=True)
+        finally:
+            os.close(fd)
     return added
 
 
+def _sweep(journal_dir: Path, db_path: str) -> int:
+    conn = sqlite3.connect(db_path, timeout=30)
+    try:
+        return replay_journals(journal_dir, conn)
+    finally:
+        conn.close()
+
+
 class UsageJournal:
-    def __init__(self, journal_dir: Path, db: aiosqlite.Connection) -> None:
+    def __init__(self, journal_dir: Path, db: aiosqlite.Connection, db_path: Path) -> None:
         self._dir = journal_dir
         self._db = db
+        self._db_path = str(db_path)
         self._pending: list[dict[str, Any]] = []
         self._seq = 0
         self._fd = -1
@@ -111,8 +127,14 @@ class UsageJournal:
 
     def _open_segment(self) -> None:
         self._seq += 1
-        self._path = self._dir / f"{os.getpid()}-{time.time_ns()}-{self._seq}.jsonl"
-        self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        name = f"{os.getpid()}-{time.time_ns()}-{self._seq}"
+        # locked under a name replay does not look at, then renamed into view:
+        # no sweeper can ever take (and delete) a segment that is still written
+        hidden = self._dir / f"{name}.new"
+        self._path = self._dir / f"{name}.jsonl"
+        self._fd = os.open(hidden, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        os.rename(hidden, self._path)
 
     def append(self, record: dict[str, Any]) -> None:
         os.write(self._fd, orjson.dumps(record) + b"\n")
@@ -137,10 +159,14 @@ class UsageJournal:
             path.unlink(missing_ok=True)
 
     async def _run(self) -> None:
+        next_sweep = time.monotonic() + SWEEP_INTERVAL_S
         while True:
             await asyncio.sleep(FLUSH_INTERVAL_S)
             try:
                 await self.flush()
+                if time.monotonic() >= next_sweep:
+                    next_sweep = time.monotonic() + SWEEP_INTERVAL_S
+                    await asyncio.to_thread(_sweep, self._dir, self._db_path)
             except Exception:  # noqa: BLE001 - retried from the journal at next start
                 continue
 

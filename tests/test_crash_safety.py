@@ -1,0 +1,158 @@
+"""A gateway killed with SIGKILL under load loses no completed request's usage
+record, and counts none twice after restarts."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+from gateway_process import GatewayProcess, gateway_config
+from upstream_app import Upstream
+
+
+def _one_request(port: int, key: str, stream: bool, n: int) -> str | None:
+    """Send one chat request; the x-request-id if the whole response arrived."""
+    body = {"model": "prometheus-lite" if n % 3 else "prometheus-pulse", "stream": stream,
+            "messages": [{"role": "user", "content": f"request number {n}"}]}
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("POST", "/v1/chat/completions", json.dumps(body),
+                     {"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+        resp = conn.getresponse()
+        data = resp.read()
+        if resp.status != 200:
+            return None
+        if stream and not data.rstrip().endswith(b"data: [DONE]"):
+            return None
+        if not stream:
+            json.loads(data)
+        return resp.headers["x-request-id"]
+    except (OSError, http.client.HTTPException, ValueError):
+        return None  # cut by the kill: the response did not complete
+    finally:
+        conn.close()
+
+
+def _count_rows(gw: GatewayProcess) -> tuple[int, int]:
+    total, distinct = gw.db_rows("SELECT COUNT(*), COUNT(DISTINCT request_id) FROM requests")[0]
+    return int(total), int(distinct)
+
+
+def _usage_requests(gw: GatewayProcess) -> int:
+    return sum(int(row["requests"]) for row in gw.usage())
+
+
+def test_sigkill_under_load_loses_and_doubles_nothing(upstream: Upstream,
+                                                      tmp_path: Path) -> None:
+    gw = GatewayProcess(tmp_path / "crash", gateway_config(upstream.base_url), workers=2)
+    gw.start()
+    key = gw.create_key("crash-client")["key"]
+    completed: list[str] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def client_loop(worker: int) -> None:
+        n = worker * 100_000
+        while not stop.is_set():
+            n += 1
+            rid = _one_request(gw.port, key, stream=bool(n % 2), n=n)
+            if rid is not None:
+                with lock:
+                    completed.append(rid)
+
+    threads = [threading.Thread(target=client_loop, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(2.0)
+        gw.kill()  # SIGKILL, parent and workers, mid-load
+    finally:
+        time.sleep(0.2)
+        stop.set()
+        for t in threads:
+            t.join(15)
+    done = set(completed)
+    assert len(done) == len(completed) > 50
+
+    gw.start()  # replays the dead workers' journals
+    try:
+        deadline = time.monotonic() + 5
+        stored: set[str] = set()
+        while time.monotonic() < deadline:
+            stored = {r[0] for r in gw.db_rows("SELECT request_id FROM requests")}
+            if done <= stored:
+                break
+            time.sleep(0.1)
+        missing = done - stored
+        assert not missing, f"{len(missing)} completed requests have no usage record"
+        total, distinct = _count_rows(gw)
+        assert total == distinct
+        # interrupted requests may have a record too (billed as cut), never a second one
+        assert total - len(done) < 8 * 2 + 8
+        before = _usage_requests(gw)
+        assert before == total
+    finally:
+        gw.stop()
+
+    gw.start()  # a second restart must not count anything again
+    try:
+        time.sleep(0.5)
+        assert _count_rows(gw) == (total, total)
+        assert _usage_requests(gw) == before
+    finally:
+        gw.stop()
+
+
+def test_a_killed_worker_is_recovered_by_its_sibling(upstream: Upstream, tmp_path: Path) -> None:
+    """With two workers, one dying under SIGKILL: the survivor replays its journal."""
+    gw = GatewayProcess(tmp_path / "sibling", gateway_config(upstream.base_url), workers=2)
+    gw.start()
+    try:
+        key = gw.create_key("sibling-client")["key"]
+        assert gw.proc is not None
+        workers = _worker_pids(gw.proc.pid)
+        assert len(workers) == 2
+        journal = gw.workdir / "gateway.db.journal"
+        done: set[str] = set()
+        orphaned: list[Path] = []
+        for burst in range(20):
+            for n in range(10):
+                rid = _one_request(gw.port, key, stream=bool(n % 2), n=burst * 10 + n)
+                assert rid is not None
+                done.add(rid)
+            # freeze the worker, and kill it only while it holds records not yet in SQLite
+            os.kill(workers[0], signal.SIGSTOP)
+            orphaned = [p for p in journal.glob(f"{workers[0]}-*.jsonl") if p.stat().st_size]
+            if orphaned:
+                os.kill(workers[0], signal.SIGKILL)
+                break
+            os.kill(workers[0], signal.SIGCONT)
+        assert orphaned, "never caught the worker with unflushed records"
+        deadline = time.monotonic() + 10
+        stored: set[str] = set()
+        while time.monotonic() < deadline:
+            stored = {r[0] for r in gw.db_rows("SELECT request_id FROM requests")}
+            if done <= stored:
+                break
+            time.sleep(0.2)
+        assert done <= stored
+        assert _count_rows(gw) == (len(stored), len(stored))
+    finally:
+        gw.kill()
+
+
+def _worker_pids(parent: int) -> list[int]:
+    from gateway_process import _children
+
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        pids = _children(parent)
+        if len(pids) >= 2:
+            return pids
+        time.sleep(0.05)
+    return _children(parent)
