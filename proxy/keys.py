@@ -24,7 +24,6 @@ import aiosqlite
 
 KEY_PREFIX = "prom_sk_"
 POLL_INTERVAL_S = 0.2
-MISS_REFRESH_INTERVAL_S = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +137,7 @@ class KeyTable:
         self._db = db
         self._by_hash: dict[str, KeyInfo] = {}
         self._version = -1
-        self._last_miss_refresh = 0.0
+        self._checked_at = 0.0  # monotonic time the latest version check began
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
 
@@ -150,30 +149,32 @@ class KeyTable:
         return info
 
     async def lookup_or_refresh(self, plain: str) -> KeyInfo | None:
+        """A miss: check the table's version once more, so a key created a moment ago
+        works at once. Concurrent misses share one check: a check that began after
+        this request asked has seen everything this request could expect to see."""
         info = self.lookup(plain)
         if info is not None:
             return info
-        now = time.monotonic()
-        if now - self._last_miss_refresh < MISS_REFRESH_INTERVAL_S:
-            if self._lock.locked():  # a refresh is under way: its answer is ours too
-                async with self._lock:
-                    pass
-                return self.lookup(plain)
-            return None
-        self._last_miss_refresh = now
-        await self.refresh()
+        asked = time.monotonic()
+        async with self._lock:
+            if self._checked_at <= asked:
+                await self._refresh_locked(force=False)
         return self.lookup(plain)
 
     async def refresh(self, force: bool = False) -> None:
         async with self._lock:
-            async with self._db.execute("SELECT value FROM meta WHERE name='keys_version'") as cur:
-                row = await cur.fetchone()
-            version = int(row[0]) if row else 0
-            if force or version != self._version:
-                async with self._db.execute(_SELECT) as cur:
-                    rows = await cur.fetchall()
-                self._by_hash = {info.key_hash: info for info in map(_row_to_info, rows)}
-                self._version = version
+            await self._refresh_locked(force)
+
+    async def _refresh_locked(self, force: bool) -> None:
+        self._checked_at = time.monotonic()
+        async with self._db.execute("SELECT value FROM meta WHERE name='keys_version'") as cur:
+            row = await cur.fetchone()
+        version = int(row[0]) if row else 0
+        if force or version != self._version:
+            async with self._db.execute(_SELECT) as cur:
+                rows = await cur.fetchall()
+            self._by_hash = {info.key_hash: info for info in map(_row_to_info, rows)}
+            self._version = version
 
     async def _poll(self) -> None:
         while True:
