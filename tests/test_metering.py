@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections import defaultdict
 from typing import Any
@@ -211,3 +212,25 @@ def test_upstream_without_usage_is_counted_locally(gateway: GatewayProcess) -> N
     assert status == 200 and source == "local"
     assert tout == len(enc.encode(reply.choices[0].message.content or ""))
     assert tin > len(enc.encode("__no_usage__ hi"))  # the message framing counts too
+
+
+def test_one_log_line_per_request_with_its_figures(gateway: GatewayProcess) -> None:
+    key = gateway.create_key("logged")
+    client = openai.OpenAI(base_url=gateway.base_url, api_key=key["key"], max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(
+        model="prometheus-lite", stream=True, messages=[{"role": "user", "content": "log me"}])
+    rid = raw.headers["x-request-id"]
+    for _ in raw.parse():
+        pass
+    deadline = time.monotonic() + 3
+    lines: list[dict[str, Any]] = []
+    while not lines and time.monotonic() < deadline:
+        lines = [ln for ln in gateway.log_lines() if ln.get("request_id") == rid]
+        time.sleep(0.05)
+    assert len(lines) == 1
+    line = lines[0]
+    assert line["key_id"] == key["id"] and line["model"] == "prometheus-lite"
+    assert line["status"] == 200
+    assert (line["input_tokens"], line["output_tokens"]) == (len("log me".split()) + 7, 12)
+    assert line["latency_ms"] > 0 and 0 < line["ttft_ms"] <= line["latency_ms"]
+    assert key["key"] not in json.dumps(line)
