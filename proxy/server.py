@@ -3,16 +3,18 @@
 `serve` (called by the CLI) replays usage journals left by dead processes,
 says in one log line where the aliases are served from, then runs the aiohttp
 app on uvloop: in this process for one worker, or in N forked workers sharing
-the port through SO_REUSEPORT. SIGTERM/SIGINT stop the workers gracefully;
-each flushes its usage journal on the way out.
+the port through SO_REUSEPORT, restarting any worker that dies. SIGTERM/SIGINT
+stop the workers gracefully; each flushes its usage journal on the way out.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
 import sys
+import time
 
 from aiohttp import web
 
@@ -53,6 +55,8 @@ def _replay(config: GatewayConfig) -> None:
 def run_worker(config: GatewayConfig, reuse_port: bool) -> None:
     import uvloop
 
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the supervisor's handler
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     configure_logging()
     web.run_app(
         build_app(config),
@@ -80,19 +84,44 @@ def serve(config: GatewayConfig) -> None:
     if config.workers <= 1:
         run_worker(config, reuse_port=False)
         return
+    supervise(config)
+
+
+def supervise(config: GatewayConfig) -> None:
+    """Run N forked workers; start a new one when one dies, until SIGTERM/SIGINT."""
     ctx = multiprocessing.get_context("fork")
-    workers = [ctx.Process(target=run_worker, args=(config, True), daemon=False)
-               for _ in range(config.workers)]
-    for proc in workers:
+    log = get_logger()
+    stopping = False
+
+    def spawn() -> multiprocessing.process.BaseProcess:
+        proc = ctx.Process(target=run_worker, args=(config, True), daemon=False)
         proc.start()
+        started[proc.pid] = time.monotonic()
+        return proc
+
+    started: dict[int | None, float] = {}
+
+    workers = [spawn() for _ in range(config.workers)]
 
     def stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
         for proc in workers:
             if proc.is_alive() and proc.pid is not None:
                 os.kill(proc.pid, signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    while not stopping:
+        multiprocessing.connection.wait([p.sentinel for p in workers], timeout=1.0)
+        for i, proc in enumerate(workers):
+            if proc.is_alive() or stopping:
+                continue
+            # its journal segment is swept by the others (and by the new worker)
+            log.warning("worker_died", pid=proc.pid, exitcode=proc.exitcode)
+            if time.monotonic() - started.pop(proc.pid, 0.0) < 1.0:
+                time.sleep(1.0)  # dying at start: don't spin
+            workers[i] = spawn()
     for proc in workers:
         proc.join()
     sys.exit(0)

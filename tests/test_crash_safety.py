@@ -142,6 +142,10 @@ def test_a_killed_worker_is_recovered_by_its_sibling(upstream: Upstream, tmp_pat
             time.sleep(0.2)
         assert done <= stored
         assert _count_rows(gw) == (len(stored), len(stored))
+        # and the supervisor replaced the dead worker
+        replaced = _worker_pids(gw.proc.pid)
+        assert len(replaced) == 2 and workers[0] not in replaced
+        assert _one_request(gw.port, key, stream=True, n=1) is not None
     finally:
         gw.kill()
 
@@ -151,8 +155,16 @@ def _worker_pids(parent: int) -> list[int]:
 
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
-        pids = _children(parent)
+        pids = [p for p in _children(parent) if _is_running(p)]
         if len(pids) >= 2:
             return pids
         time.sleep(0.05)
     return _children(parent)
+
+
+def _is_running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
