@@ -38,6 +38,16 @@ def _one_request(port: int, key: str, stream: bool, n: int) -> str | None:
         conn.close()
 
 
+def _wait_stored(gw: GatewayProcess, done: set[str], timeout: float) -> set[str]:
+    """The request ids in SQLite, once they include `done` or the time is up."""
+    deadline = time.monotonic() + timeout
+    while True:
+        stored = {r[0] for r in gw.db_rows("SELECT request_id FROM requests")}
+        if done <= stored or time.monotonic() > deadline:
+            return stored
+        time.sleep(0.1)
+
+
 def _count_rows(gw: GatewayProcess) -> tuple[int, int]:
     total, distinct = gw.db_rows("SELECT COUNT(*), COUNT(DISTINCT request_id) FROM requests")[0]
     return int(total), int(distinct)
@@ -81,13 +91,7 @@ def test_sigkill_under_load_loses_and_doubles_nothing(upstream: Upstream,
 
     gw.start()  # replays the dead workers' journals
     try:
-        deadline = time.monotonic() + 5
-        stored: set[str] = set()
-        while time.monotonic() < deadline:
-            stored = {r[0] for r in gw.db_rows("SELECT request_id FROM requests")}
-            if done <= stored:
-                break
-            time.sleep(0.1)
+        stored = _wait_stored(gw, done, timeout=5)
         missing = done - stored
         assert not missing, f"{len(missing)} completed requests have no usage record"
         total, distinct = _count_rows(gw)
@@ -133,13 +137,7 @@ def test_a_killed_worker_is_recovered_by_its_sibling(upstream: Upstream, tmp_pat
                 break
             os.kill(workers[0], signal.SIGCONT)
         assert orphaned, "never caught the worker with unflushed records"
-        deadline = time.monotonic() + 10
-        stored: set[str] = set()
-        while time.monotonic() < deadline:
-            stored = {r[0] for r in gw.db_rows("SELECT request_id FROM requests")}
-            if done <= stored:
-                break
-            time.sleep(0.2)
+        stored = _wait_stored(gw, done, timeout=10)  # the surviving worker's sweep
         assert done <= stored
         assert _count_rows(gw) == (len(stored), len(stored))
         # and the supervisor replaced the dead worker
