@@ -393,3 +393,255 @@ cdef class SseRewriter:
             else:  # K_TOOL_CALLS
                 self.first_content = True
         return 0
+
+
+# -- rewrite_model: one whole JSON reply (spec: _sse_py.rewrite_model) --------
+
+cdef enum:
+    MAX_DEPTH = 512  # deeper: decline (orjson's own limit is 1024)
+
+
+cdef inline Py_ssize_t _ws_skip(const unsigned char* p, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
+    while i < n and (p[i] == 32 or p[i] == 9 or p[i] == 13 or p[i] == 10):
+        i += 1
+    return i
+
+
+cdef inline int _hex4(const unsigned char* p, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
+    """The value of 4 hex digits at p[i:i+4], or -1."""
+    cdef int v = 0
+    cdef int k
+    cdef unsigned char c
+    if i + 4 > n:
+        return -1
+    for k in range(4):
+        c = p[i + k]
+        if 48 <= c <= 57:
+            v = v * 16 + (c - 48)
+        elif 97 <= c <= 102:
+            v = v * 16 + (c - 87)
+        elif 65 <= c <= 70:
+            v = v * 16 + (c - 55)
+        else:
+            return -1
+    return v
+
+
+cdef Py_ssize_t _jstring(const unsigned char* p, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
+    """Index past the closing quote of the string token at i (p[i] == '"'), or -1."""
+    cdef unsigned char c
+    cdef int unit, low
+    i += 1
+    while i < n:
+        c = p[i]
+        if c == 34:
+            return i + 1
+        if c < 32:
+            return -1
+        if c != 92:
+            i += 1
+            continue
+        if i + 1 >= n:
+            return -1
+        c = p[i + 1]
+        if c == 117:  # \uXXXX; surrogates must pair up
+            unit = _hex4(p, i + 2, n)
+            if unit < 0:
+                return -1
+            i += 6
+            if 0xDC00 <= unit <= 0xDFFF:
+                return -1
+            if 0xD800 <= unit <= 0xDBFF:
+                if i + 1 >= n or p[i] != 92 or p[i + 1] != 117:
+                    return -1
+                low = _hex4(p, i + 2, n)
+                if low < 0xDC00 or low > 0xDFFF:
+                    return -1
+                i += 6
+        elif (c == 34 or c == 92 or c == 47 or c == 98 or c == 102 or c == 110
+              or c == 114 or c == 116):
+            i += 2
+        else:
+            return -1
+    return -1
+
+
+cdef Py_ssize_t _jnumber(const unsigned char* p, Py_ssize_t i, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t s = i
+    cdef Py_ssize_t es
+    if i < n and p[i] == 45:
+        i += 1
+    if i >= n or p[i] < 48 or p[i] > 57:
+        return -1
+    if p[i] == 48:
+        i += 1
+    else:
+        while i < n and 48 <= p[i] <= 57:
+            i += 1
+    # a '.' or 'e' without digits after it is not part of the token (the
+    # caller then fails on it), as with the pure twin's regex
+    if i + 1 < n and p[i] == 46 and 48 <= p[i + 1] <= 57:
+        i += 1
+        while i < n and 48 <= p[i] <= 57:
+            i += 1
+    if i < n and (p[i] == 101 or p[i] == 69):
+        es = i + 1
+        if es < n and (p[es] == 43 or p[es] == 45):
+            es += 1
+        if es < n and 48 <= p[es] <= 57:
+            i = es
+            while i < n and 48 <= p[i] <= 57:
+                i += 1
+            if i - es > 2:
+                return -1
+    if i - s > 300:
+        return -1
+    return i
+
+
+cdef Py_ssize_t _jvalue(const unsigned char* p, Py_ssize_t i, Py_ssize_t n, int depth) noexcept nogil:
+    """Index past the JSON value at i (no leading white space), or -1."""
+    cdef unsigned char c, close
+    if i >= n:
+        return -1
+    c = p[i]
+    if c == 34:
+        return _jstring(p, i, n)
+    if c == 123 or c == 91:
+        if depth >= MAX_DEPTH:
+            return -1
+        close = 125 if c == 123 else 93
+        i = _ws_skip(p, i + 1, n)
+        if i < n and p[i] == close:
+            return i + 1
+        while True:
+            if c == 123:
+                if i >= n or p[i] != 34:
+                    return -1
+                i = _jstring(p, i, n)
+                if i < 0:
+                    return -1
+                i = _ws_skip(p, i, n)
+                if i >= n or p[i] != 58:
+                    return -1
+                i = _ws_skip(p, i + 1, n)
+            i = _jvalue(p, i, n, depth + 1)
+            if i < 0:
+                return -1
+            i = _ws_skip(p, i, n)
+            if i >= n:
+                return -1
+            if p[i] == close:
+                return i + 1
+            if p[i] != 44:
+                return -1
+            i = _ws_skip(p, i + 1, n)
+    if c == 45 or 48 <= c <= 57:
+        return _jnumber(p, i, n)
+    if c == 116 and i + 4 <= n and memcmp(p + i, b"true", 4) == 0:
+        return i + 4
+    if c == 102 and i + 5 <= n and memcmp(p + i, b"false", 5) == 0:
+        return i + 5
+    if c == 110 and i + 4 <= n and memcmp(p + i, b"null", 4) == 0:
+        return i + 4
+    return -1
+
+
+def rewrite_model(body, alias_json):
+    """Set the top-level "model" of one JSON object reply; see `_sse_py.rewrite_model`."""
+    cdef const unsigned char* p
+    cdef Py_ssize_t n, i, ks, ke, vs, ve, close, last, us, ue, k, total, alen
+    cdef Py_ssize_t members = 0
+    cdef bint model_seen = False
+    cdef bint ascii = True
+    cdef list cuts = []  # (vs, ve) of every model value, in order
+    cdef bytes out
+    cdef char* o
+    if not PyBytes_CheckExact(body):
+        body = bytes(body)
+    if not PyBytes_CheckExact(alias_json):
+        alias_json = bytes(alias_json)
+    p = <const unsigned char*>PyBytes_AS_STRING(body)
+    n = PyBytes_GET_SIZE(body)
+    for i in range(n):
+        if p[i] >= 128:
+            ascii = False
+            break
+    if not ascii:
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    us = ue = -1
+    i = _ws_skip(p, 0, n)
+    if i >= n or p[i] != 123:
+        return None
+    i = _ws_skip(p, i + 1, n)
+    if i < n and p[i] == 125:
+        close = i
+    else:
+        while True:
+            if i >= n or p[i] != 34:
+                return None
+            ks = i
+            ke = _jstring(p, i, n)
+            if ke < 0:
+                return None
+            i = _ws_skip(p, ke, n)
+            if i >= n or p[i] != 58:
+                return None
+            vs = _ws_skip(p, i + 1, n)
+            ve = _jvalue(p, vs, n, 1)
+            if ve < 0:
+                return None
+            members += 1
+            if ke - ks == 7:
+                if memcmp(p + ks, b'"model"', 7) == 0:
+                    cuts.append((vs, ve))
+                    model_seen = True
+                elif memcmp(p + ks, b'"usage"', 7) == 0:
+                    us = vs
+                    ue = ve
+            i = _ws_skip(p, ve, n)
+            if i >= n:
+                return None
+            if p[i] == 125:
+                close = i
+                break
+            if p[i] != 44:
+                return None
+            i = _ws_skip(p, i + 1, n)
+    if _ws_skip(p, close + 1, n) != n:
+        return None
+    alen = PyBytes_GET_SIZE(alias_json)
+    if model_seen:
+        total = n
+        for vs, ve in cuts:
+            total += alen - (ve - vs)
+    else:
+        total = n + alen + (9 if members else 8)
+    out = PyBytes_FromStringAndSize(NULL, total)
+    o = PyBytes_AS_STRING(out)
+    k = 0
+    last = 0
+    if model_seen:
+        for vs, ve in cuts:
+            memcpy(o + k, p + last, <size_t>(vs - last))
+            k += vs - last
+            memcpy(o + k, PyBytes_AS_STRING(alias_json), <size_t>alen)
+            k += alen
+            last = ve
+    else:
+        memcpy(o + k, p, <size_t>close)
+        k += close
+        if members:
+            memcpy(o + k, b',"model":', 9)
+            k += 9
+        else:
+            memcpy(o + k, b'"model":', 8)
+            k += 8
+        memcpy(o + k, PyBytes_AS_STRING(alias_json), <size_t>alen)
+        k += alen
+        last = close
+    memcpy(o + k, p + last, <size_t>(n - last))
+    return out, (None if us < 0 else PyBytes_FromStringAndSize(<const char*>p + us, ue - us))

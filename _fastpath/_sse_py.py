@@ -58,7 +58,7 @@ import re
 
 import orjson
 
-__all__ = ("SseRewriter", "decode_text", "encode_alias")
+__all__ = ("SseRewriter", "decode_text", "encode_alias", "rewrite_model")
 
 _WS = frozenset(b" \t\r\n")
 _OPEN_BRACE, _CLOSE_BRACE = 0x7B, 0x7D
@@ -388,3 +388,178 @@ class SseRewriter:
             if len(found) > 1:
                 found.sort()
             self._texts.extend(raw for _, raw in found)
+
+
+# -- rewrite_model: one whole JSON reply -------------------------------------
+
+MAX_DEPTH = 512  # deeper nesting: rewrite_model declines (orjson's own limit is 1024)
+_STRING = re.compile(rb'"(?:[^"\\\x00-\x1f]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*"')
+_NUMBER = re.compile(rb"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?([0-9]+))?")
+_UESC = re.compile(rb"\\u([0-9a-fA-F]{4})")
+_LITERALS = {0x74: b"true", 0x66: b"false", 0x6E: b"null"}
+_NUMBER_START = frozenset(b"-0123456789")
+
+
+class _Decline(Exception):
+    pass
+
+
+def _ws(data: bytes, i: int, n: int) -> int:
+    while i < n and data[i] in _WS:
+        i += 1
+    return i
+
+
+def _surrogates_paired(token: bytes) -> bool:
+    """No lone UTF-16 surrogate among the \\u escapes of a string token."""
+    if b"\\u" not in token:
+        return True
+    pending_high = -1  # end index of a high surrogate escape awaiting its low half
+    for m in _UESC.finditer(token):
+        # count the backslashes before this one: an escaped backslash is no escape
+        b = m.start() - 1
+        while token[b] == _BACKSLASH:
+            b -= 1
+        if (m.start() - 1 - b) & 1:
+            continue
+        unit = int(m.group(1), 16)
+        if 0xDC00 <= unit <= 0xDFFF:
+            if pending_high != m.start():
+                return False
+            pending_high = -1
+        else:
+            if pending_high >= 0:
+                return False
+            if 0xD800 <= unit <= 0xDBFF:
+                pending_high = m.end()
+    return pending_high < 0
+
+
+def _string(data: bytes, i: int) -> int:
+    m = _STRING.match(data, i)
+    if m is None or not _surrogates_paired(m.group()):
+        raise _Decline
+    return m.end()
+
+
+def _value(data: bytes, i: int, n: int, depth: int) -> int:
+    """Index just past the JSON value starting at i (no leading white space)."""
+    if i >= n:
+        raise _Decline
+    c = data[i]
+    if c == _QUOTE:
+        return _string(data, i)
+    if c == _OPEN_BRACE or c == _OPEN_BRACKET:
+        if depth >= MAX_DEPTH:
+            raise _Decline
+        close = _CLOSE_BRACE if c == _OPEN_BRACE else _CLOSE_BRACKET
+        i = _ws(data, i + 1, n)
+        if i < n and data[i] == close:
+            return i + 1
+        while True:
+            if c == _OPEN_BRACE:
+                if i >= n or data[i] != _QUOTE:
+                    raise _Decline
+                i = _ws(data, _string(data, i), n)
+                if i >= n or data[i] != _COLON:
+                    raise _Decline
+                i = _ws(data, i + 1, n)
+            i = _ws(data, _value(data, i, n, depth + 1), n)
+            if i >= n:
+                raise _Decline
+            if data[i] == close:
+                return i + 1
+            if data[i] != _COMMA:
+                raise _Decline
+            i = _ws(data, i + 1, n)
+    if c in _NUMBER_START:
+        m = _NUMBER.match(data, i)
+        if m is None:
+            raise _Decline
+        exp = m.group(1)
+        if (exp is not None and len(exp) > 2) or m.end() - i > 300:
+            raise _Decline  # could overflow a double: let a real parser judge
+        return m.end()
+    lit = _LITERALS.get(c)
+    if lit is not None and data.startswith(lit, i):
+        return i + len(lit)
+    raise _Decline
+
+
+def rewrite_model(body: bytes, alias_json: bytes) -> tuple[bytes, bytes | None] | None:
+    """Set the top-level ``"model"`` of one JSON object reply, bytes in, bytes out.
+
+    `body` must be exactly one JSON object (white space around it allowed);
+    `alias_json` is a JSON string token (what `encode_alias` returns). The
+    value of every top-level key spelled ``"model"`` is replaced by
+    `alias_json`; when there is none, ``"model":<alias_json>`` is added as
+    the object's last member (just before its ``}``). Every other byte of
+    `body` is kept. Returns ``(new_body, usage)`` where `usage` is the raw
+    value of the last top-level ``"usage"`` key, or None without one.
+
+    Returns None ("decline") when `body` is not one valid JSON object: bad
+    grammar, invalid UTF-8, a lone surrogate escape, nesting deeper than
+    `MAX_DEPTH`, or a number a double may not hold (an exponent of 3+ digits,
+    300+ characters). The caller then takes a real JSON parser's verdict, so
+    a decline is never wrong, only slower. Keys are matched by their raw
+    bytes: a key written with escapes (``"mod\\u0065l"``) is not ``model``.
+    """
+    if not isinstance(body, bytes):
+        body = bytes(body)
+    n = len(body)
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    try:
+        i = _ws(body, 0, n)
+        if i >= n or body[i] != _OPEN_BRACE:
+            return None
+        i = _ws(body, i + 1, n)
+        parts: list[bytes] = []
+        last = 0  # body[last:] is not copied yet
+        usage: tuple[int, int] | None = None
+        members = 0
+        model_seen = False
+        if i < n and body[i] == _CLOSE_BRACE:
+            close = i
+        else:
+            while True:
+                if i >= n or body[i] != _QUOTE:
+                    return None
+                ks = i
+                ke = _string(body, i)
+                i = _ws(body, ke, n)
+                if i >= n or body[i] != _COLON:
+                    return None
+                vs = _ws(body, i + 1, n)
+                ve = _value(body, vs, n, 1)
+                members += 1
+                key = body[ks:ke]
+                if key == _MODEL:
+                    parts.append(body[last:vs])
+                    parts.append(alias_json)
+                    last = ve
+                    model_seen = True
+                elif key == _USAGE:
+                    usage = (vs, ve)
+                i = _ws(body, ve, n)
+                if i >= n:
+                    return None
+                if body[i] == _CLOSE_BRACE:
+                    close = i
+                    break
+                if body[i] != _COMMA:
+                    return None
+                i = _ws(body, i + 1, n)
+        if _ws(body, close + 1, n) != n:
+            return None
+    except _Decline:
+        return None
+    if not model_seen:
+        parts.append(body[last:close])
+        parts.append(b',"model":' if members else b'"model":')
+        parts.append(alias_json)
+        last = close
+    parts.append(body[last:])
+    return b"".join(parts), (None if usage is None else body[usage[0]:usage[1]])

@@ -19,6 +19,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -527,3 +528,150 @@ def test_property_streams(data: st.DataObject, sample: dict[str, Any], alias: st
     assert first_content == sample["first_content"]
     # (e) the usage event is dropped unless the client asked for it
     assert seen_usage_event == (sample["with_usage"] and forward_usage)
+
+
+# -- rewrite_model: a whole JSON reply ------------------------------------------
+
+@pytest.fixture(params=["py", "c"])
+def rewrite(request: pytest.FixtureRequest) -> Any:
+    if request.param == "py":
+        return _sse_py.rewrite_model
+    mod = _compiled()
+    assert mod is not None
+    return mod.rewrite_model
+
+
+def both_rewrites() -> list[Any]:
+    fns = [_sse_py.rewrite_model]
+    if not NO_EXT:
+        fns.append(importlib.import_module("_fastpath._sse_c").rewrite_model)
+    return fns
+
+
+ALIAS_JSON = b'"prometheus-lite"'
+
+
+def test_rewrite_model_replaces_and_keeps_every_other_byte(rewrite: Any) -> None:
+    body = (b'{ "id" : "x1",\n "model":"gpt-4o-2024" , "choices":[{"message":{"content":'
+            b'"the \\"model\\": no","role":"assistant"}}],"usage": {"prompt_tokens": 3,'
+            b' "completion_tokens": 5} ,"x":1.50e+2}\n')
+    out, usage = rewrite(body, ALIAS_JSON)
+    assert out == body.replace(b'"gpt-4o-2024"', ALIAS_JSON)
+    assert usage == b'{"prompt_tokens": 3, "completion_tokens": 5}'
+
+
+def test_rewrite_model_only_top_level(rewrite: Any) -> None:
+    body = b'{"choices":[{"model":"inner"}],"meta":{"model":"m","usage":1},"model":null}'
+    out, usage = rewrite(body, ALIAS_JSON)
+    assert out == b'{"choices":[{"model":"inner"}],"meta":{"model":"m","usage":1},"model":' \
+        + ALIAS_JSON + b"}"
+    assert usage is None
+
+
+@pytest.mark.parametrize(("body", "expected"), [
+    (b"{}", b'{"model":"prometheus-lite"}'),
+    (b' { \n} ', b' { \n"model":"prometheus-lite"} '),
+    (b'{"a":[1,{}]}', b'{"a":[1,{}],"model":"prometheus-lite"}'),
+])
+def test_rewrite_model_adds_missing_model(rewrite: Any, body: bytes, expected: bytes) -> None:
+    assert rewrite(body, ALIAS_JSON) == (expected, None)
+
+
+def test_rewrite_model_any_value_type_and_duplicates(rewrite: Any) -> None:
+    out, usage = rewrite(b'{"model":{"a":[1]},"usage":null,"model":7,"usage":[2]}', ALIAS_JSON)
+    assert out == b'{"model":"prometheus-lite","usage":null,"model":"prometheus-lite","usage":[2]}'
+    assert usage == b"[2]"  # the last one wins, as in a parsed dict
+
+
+def test_rewrite_model_accepts_bytearray_and_unicode(rewrite: Any) -> None:
+    body = '{"model":"é","c":"日本 \\ud83d\\ude00"}'.encode()
+    out, _ = rewrite(bytearray(body), b'"\xc3\xa9l"')
+    assert json.loads(out) == {"model": "él", "c": "日本 \U0001f600"}
+
+
+@pytest.mark.parametrize("body", [
+    b"", b" ", b"[]", b'"x"', b"null", b"{", b"}", b'{"a":1', b'{"a":1}}', b'{"a":1} x',
+    b'{"a" 1}', b'{a:1}', b'{"a":1,}', b'{,"a":1}', b'{"a":[1,]}', b'{"a":01}', b'{"a":1.}',
+    b'{"a":.5}', b'{"a":-}', b'{"a":1e}', b'{"a":+1}', b'{"a":tru}', b'{"a":nul}', b'{"a":True}',
+    b'{"a":NaN}', b'{"a":"\x01"}', b'{"a":"\\x"}', b'{"a":"\\u12"}', b'{"a":"\\ud800"}',
+    b'{"a":"\\udc00"}', b'{"a":"\\ud800\\u0041"}', b'{"a":"abc}', b'{"a":"\xff"}',
+    b'{"a":"\xed\xa0\x80"}', b'{"a":1e400}', b'{"a":' + b"[" * 600 + b"]" * 600 + b"}",
+    b'{"model":"x"}\x00',
+])
+def test_rewrite_model_declines_what_is_not_one_valid_object(rewrite: Any, body: bytes) -> None:
+    assert rewrite(body, ALIAS_JSON) is None
+
+
+def test_rewrite_model_surrogate_pair_and_escaped_backslashes(rewrite: Any) -> None:
+    for body in (b'{"a":"\\ud83d\\ude00"}', b'{"a":"\\\\ud800"}', b'{"a":"\\\\"}'):
+        out, _ = rewrite(body, ALIAS_JSON)
+        assert json.loads(out)["model"] == "prometheus-lite"
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**70, 2**70)
+    # width=32: exponents stay within two digits (3+ digit ones are declined, by design)
+    | st.floats(allow_nan=False, allow_infinity=False, width=32) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4)
+    | st.dictionaries(st.sampled_from(["model", "usage", "a", "b", "é", "\""]) | st.text(max_size=4),
+                      inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(obj=st.dictionaries(st.sampled_from(["model", "usage", "id", "choices", "x"])
+                           | st.text(max_size=6), json_values, max_size=6),
+       alias=st.text(max_size=10), indent=st.sampled_from([None, 1, 2]),
+       ascii_only=st.booleans())
+def test_property_rewrite_model_matches_a_parse(obj: dict[str, Any], alias: str,
+                                                indent: int | None, ascii_only: bool) -> None:
+    """Against a real parser: same object but the model, usage is the parsed usage."""
+    body = json.dumps(obj, indent=indent, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass")
+    alias_json = _sse_py.encode_alias(alias)
+    results = [fn(body, alias_json) for fn in both_rewrites()]
+    assert all(r == results[0] for r in results)  # the twins agree
+    try:
+        parsed = orjson.loads(body)
+    except orjson.JSONDecodeError:  # lone surrogates in generated text: both must decline
+        assert results[0] is None
+        return
+    assert results[0] is not None
+    out, usage = results[0]
+    expected = dict(parsed)
+    expected["model"] = alias
+    # an alias with lone surrogates is \u-escaped, which only json reads back
+    got = json.loads(out) if any(0xD800 <= ord(c) <= 0xDFFF for c in alias) else orjson.loads(out)
+    assert got == expected
+    assert list(got) == list(expected)  # key order kept, model last when added
+    if "usage" in parsed:
+        assert usage is not None and orjson.loads(usage) == parsed["usage"]
+    else:
+        assert usage is None
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(base=st.sampled_from([
+    b'{"id":"c1","model":"m","choices":[{"message":{"content":"hi \\"x\\" \\u00e9"}}],'
+    b'"usage":{"prompt_tokens":3,"completion_tokens":1},"n":-1.5e-3,"t":true,"f":null}',
+    b'{ "model" : [ 1 , { } ] , "usage" : "s" }',
+]), data=st.data())
+def test_property_rewrite_model_mutations(base: bytes, data: st.DataObject) -> None:
+    """Random byte edits: the twins agree, and whatever they accept a parser accepts."""
+    body = bytearray(base)
+    for _ in range(data.draw(st.integers(1, 3))):
+        op = data.draw(st.sampled_from(["set", "insert", "delete"]))
+        pos = data.draw(st.integers(0, len(body)))
+        byte = data.draw(st.sampled_from(list(b' {}[]",:\\-.0123456789eEtrufalsn\x00\x80\xc3\xff')))
+        if op == "set" and pos < len(body):
+            body[pos] = byte
+        elif op == "insert":
+            body.insert(pos, byte)
+        elif pos < len(body):
+            del body[pos]
+    results = [fn(bytes(body), ALIAS_JSON) for fn in both_rewrites()]
+    assert all(r == results[0] for r in results)
+    if results[0] is not None:
+        parsed = orjson.loads(bytes(body))
+        assert isinstance(parsed, dict)
+        assert orjson.loads(results[0][0])["model"] == "prometheus-lite"
