@@ -15,6 +15,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+from yarl import URL
 
 from proxy.config import Deployment
 from proxy.providers.base import UpstreamTimeout, UpstreamUnavailable
@@ -51,9 +52,39 @@ class HttpReply:
         self._resp.close()
 
 
+class _Prepared:
+    """What `send` needs per deployment and endpoint that never changes: built once."""
+
+    __slots__ = ("deployment", "headers", "timeout", "urls")
+
+    def __init__(self, deployment: Deployment) -> None:
+        self.deployment = deployment  # held so that the id() key stays this object's
+        headers = {"Content-Type": "application/json"}
+        if deployment.api_key:
+            headers["Authorization"] = f"Bearer {deployment.api_key}"
+        self.headers = headers
+        self.timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=10, sock_read=deployment.timeout_s
+        )
+        self.urls: dict[str, URL] = {}
+
+    def url(self, endpoint: str) -> URL:
+        url = self.urls.get(endpoint)
+        if url is None:
+            url = self.urls[endpoint] = URL(f"{self.deployment.base_url}/{endpoint}")
+        return url
+
+
 class OpenAIProvider:
     def __init__(self) -> None:
         self._session: aiohttp.ClientSession | None = None
+        self._prepared: dict[int, _Prepared] = {}
+
+    def _prepare(self, deployment: Deployment) -> _Prepared:
+        prep = self._prepared.get(id(deployment))
+        if prep is None or prep.deployment is not deployment:
+            prep = self._prepared[id(deployment)] = _Prepared(deployment)
+        return prep
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -75,16 +106,13 @@ class OpenAIProvider:
                 **(opts if isinstance(opts, dict) else {}),
                 "include_usage": True,
             }
-        headers = {"Content-Type": "application/json"}
-        if deployment.api_key:
-            headers["Authorization"] = f"Bearer {deployment.api_key}"
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=deployment.timeout_s)
+        prep = self._prepare(deployment)
         try:
             resp = await self._get_session().post(
-                f"{deployment.base_url}/{endpoint}",
+                prep.url(endpoint),
                 data=orjson.dumps(upstream_body),
-                headers=headers,
-                timeout=timeout,
+                headers=prep.headers,
+                timeout=prep.timeout,
             )
         except asyncio.TimeoutError as exc:
             raise UpstreamTimeout() from exc
