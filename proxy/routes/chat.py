@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from _fastpath import SseRewriter
+from _fastpath import SseRewriter, encode_alias, rewrite_model
 from proxy import errors, tokens
 from proxy.config import AliasRoute, Deployment
 from proxy.errors import GatewayError
@@ -36,6 +36,7 @@ SSE_HEADERS = {
     "X-Accel-Buffering": "no",
 }
 CLIENT_GONE = 499  # nginx's status for "client closed the request"
+_ALIAS_JSON: dict[str, bytes] = {}  # alias -> its JSON string token
 
 
 def _validate(body: dict[str, Any]) -> str:
@@ -67,14 +68,36 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     route = resolve_route(state, request["key"], alias, "chat")
     stream = body.get("stream") is True
     meter = RequestMeter(state.journal, request, route, ENDPOINT, stream)
+    reply: UpstreamReply | None = None
+    dep: Deployment | None = None
     try:
         reply, dep = await open_upstream(state, route, "chat/completions", body, stream)
+        if stream:
+            return await _relay_stream(request, meter, route, dep, body, reply)
+        return await _relay_json(meter, route, dep, body, reply)
     except GatewayError as err:
-        meter.finish(status=err.status, deployment="-", error=err.code)
+        meter.finish(status=err.status, deployment="-" if dep is None else dep.name,
+                     error=err.code)
         raise
-    if stream:
-        return await _relay_stream(request, meter, route, dep, body, reply)
-    return await _relay_json(meter, route, dep, body, reply)
+    except asyncio.CancelledError:
+        # the client left before its reply (streams handle this themselves):
+        # stop the upstream and bill the prompt, counted locally
+        if meter.record is None:
+            if reply is not None:
+                reply.close()
+            counted = await tokens.count_locally(body, "", route.deployments[0].encoding
+                                                 if dep is None else dep.encoding)
+            meter.finish(status=CLIENT_GONE, deployment="-" if dep is None else dep.name,
+                         input_tokens=counted[0], output_tokens=0, usage_source="local",
+                         error="client_disconnected")
+        raise
+
+
+def _alias_json(alias: str) -> bytes:
+    token = _ALIAS_JSON.get(alias)
+    if token is None:
+        token = _ALIAS_JSON[alias] = encode_alias(alias)
+    return token
 
 
 async def _relay_json(
@@ -83,15 +106,26 @@ async def _relay_json(
 ) -> web.Response:
     try:
         raw = await reply.read()
+    except (UpstreamTimeout, UpstreamUnavailable) as exc:
+        raise (errors.upstream_timeout() if isinstance(exc, UpstreamTimeout)
+               else errors.upstream_unavailable(f"bad reply ({exc})")) from None
+    # Fast path: the upstream's bytes with only the top-level "model" replaced,
+    # usage read from its own small slice; nothing else is parsed or re-encoded.
+    fast = rewrite_model(raw, _alias_json(route.alias))
+    if fast is not None and fast[1] is not None:
+        counted = _usage_tokens(orjson.loads(fast[1]))
+        if counted is not None:
+            meter.finish(status=200, deployment=dep.name, input_tokens=counted[0],
+                         output_tokens=counted[1], usage_source="upstream")
+            return web.Response(body=fast[0], content_type="application/json")
+    # Slow path: not one valid JSON object (a parser gives the verdict), or no
+    # usable usage (the text must be counted locally).
+    try:
         data = orjson.loads(raw)
         if not isinstance(data, dict):
             raise ValueError("not an object")
-    except (UpstreamTimeout, UpstreamUnavailable, ValueError) as exc:
-        err = (errors.upstream_timeout() if isinstance(exc, UpstreamTimeout)
-               else errors.upstream_unavailable(f"bad reply ({exc})"))
-        meter.finish(status=err.status, deployment=dep.name, error=err.code)
-        raise err from None
-    data["model"] = route.alias
+    except ValueError as exc:
+        raise errors.upstream_unavailable(f"bad reply ({exc})") from None
     counted = _usage_tokens(data.get("usage"))
     source = "upstream"
     if counted is None:
@@ -100,7 +134,10 @@ async def _relay_json(
         source = "local"
     meter.finish(status=200, deployment=dep.name, input_tokens=counted[0],
                  output_tokens=counted[1], usage_source=source)
-    return web.Response(body=orjson.dumps(data), content_type="application/json")
+    if fast is None:
+        data["model"] = route.alias
+        return web.Response(body=orjson.dumps(data), content_type="application/json")
+    return web.Response(body=fast[0], content_type="application/json")
 
 
 def _message_text(choice: Any) -> str:
@@ -120,7 +157,7 @@ async def _relay_stream(
     opts = body.get("stream_options")
     forward_usage = isinstance(opts, dict) and opts.get("include_usage") is True
     rewriter = SseRewriter(route.alias, forward_usage)
-    resp = web.StreamResponse(headers=SSE_HEADERS)
+    resp = web.StreamResponse(headers={**SSE_HEADERS, "x-request-id": request["rid"]})
     t0 = request["t0"]
     ttft_ms: float | None = None
     status, error = 200, None
