@@ -10,6 +10,8 @@ shape, and writes the request's one log line. Handlers live in
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import gc
 import os
 import secrets
@@ -39,6 +41,30 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # almost everything by reference counting, so the young generation hardly
 # grows and collections become rare. Cyclic garbage stays bounded by it.
 GC_THRESHOLDS = (10_000, 10, 10)
+
+# Returning freed heap memory to the OS. glibc's malloc keeps what a burst
+# freed whenever a live block sits above it in the heap: after 64-client load
+# a worker held ~20 MiB of free heap (malloc_trim gave it back: 71 -> 52 MiB)
+# and RSS only ever went up. Trimming every TRIM_INTERVAL_S (a few ms of
+# work at most) keeps RSS what the process actually uses. No-op off glibc.
+TRIM_INTERVAL_S = 10.0
+
+
+def _malloc_trim() -> Callable[[], object] | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return lambda: trim(0)
+
+
+async def _trim_forever(trim: Callable[[], object]) -> None:
+    while True:
+        await asyncio.sleep(TRIM_INTERVAL_S)
+        trim()
 
 
 def _bearer(request: web.Request) -> str | None:
@@ -177,6 +203,8 @@ def build_app(config: GatewayConfig) -> web.Application:
         )
 
     async def cleanup(app: web.Application) -> None:
+        for task in trim_task:
+            task.cancel()
         state = app[STATE]
         await state.keys.stop()
         await state.journal.close()
@@ -184,13 +212,18 @@ def build_app(config: GatewayConfig) -> web.Application:
             await provider.close()
         await state.db.close()
 
-    async def tune_gc(app: web.Application) -> None:
+    trim_task: list[asyncio.Task[None]] = []
+
+    async def tune_memory(app: web.Application) -> None:
         gc.collect()
         gc.freeze()
         gc.set_threshold(*GC_THRESHOLDS)
+        trim = _malloc_trim()
+        if trim is not None:
+            trim_task.append(asyncio.create_task(_trim_forever(trim)))
 
     app.on_startup.append(startup)
-    app.on_startup.append(tune_gc)
+    app.on_startup.append(tune_memory)
     app.on_cleanup.append(cleanup)
     return app
 
