@@ -70,6 +70,10 @@ def get_encoding(name: str = "o200k_base") -> tiktoken.Encoding:
             enc = tiktoken.Encoding(
                 name=name, pat_str=pattern, mergeable_ranks=ranks, special_tokens=specials
             )
+            # The Rust core holds its own copy of the ranks; the Python dict the
+            # Encoding keeps (only for pickling) is ~27 MiB of 200k small objects.
+            enc._mergeable_ranks = {}
+            del ranks
             _cache[name] = enc
     return enc
 
