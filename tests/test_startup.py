@@ -4,12 +4,14 @@ console script, the standalone simulator, and how config and env are read."""
 from __future__ import annotations
 
 import base64
+import json
 import re
 import shutil
 import struct
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -187,3 +189,20 @@ def test_bad_config_is_refused_clearly(tmp_path: Path, text: str) -> None:
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 2
     assert "prometheus-gateway:" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_admin_api_is_off_without_an_admin_key(tmp_path: Path) -> None:
+    gw = GatewayProcess(tmp_path / "no-admin", None)
+    del gw.env["PROMETHEUS_ADMIN_KEY"]
+    gw.start()
+    try:
+        req = urllib.request.Request(f"{gw.root_url}/admin/keys", method="GET",
+                                     headers={"Authorization": "Bearer anything"})
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(req, timeout=5)
+        assert info.value.code == 403
+        body = json.loads(info.value.read())
+        assert set(body["error"]) == {"message", "type", "param", "code"}
+        assert gw.create_key("cli-still-works")["key"].startswith("prom_sk_")
+    finally:
+        gw.stop()
