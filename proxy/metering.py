@@ -15,6 +15,8 @@ from typing import Any
 from proxy.config import AliasRoute
 from proxy.usage_journal import UsageJournal
 
+CLIENT_GONE = 499  # nginx's status for "client closed the request"
+
 
 class RequestMeter:
     __slots__ = ("_journal", "_request", "_route", "_endpoint", "_stream", "record")

@@ -74,6 +74,16 @@ def upstream_error(status: int, raw: bytes, retry_after: str | None) -> GatewayE
                         param=None if param is None else str(param))
 
 
+async def read_reply(reply: UpstreamReply) -> bytes:
+    """The whole body of a non-stream upstream reply, or the error to send back."""
+    try:
+        return await reply.read()
+    except UpstreamTimeout:
+        raise errors.upstream_timeout() from None
+    except UpstreamUnavailable as exc:
+        raise errors.upstream_unavailable(f"bad reply ({exc})") from None
+
+
 async def open_upstream(
     state: GatewayState, route: AliasRoute, endpoint: str, body: dict[str, Any], stream: bool
 ) -> tuple[UpstreamReply, Deployment]:

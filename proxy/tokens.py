@@ -135,3 +135,9 @@ async def count_locally(
         return count_chat_input(body, encoding), count_text(output_text, encoding)
 
     return await asyncio.to_thread(work)
+
+
+async def count_embedding_locally(inp: Any, encoding: str = "o200k_base") -> int:
+    """Input tokens of an embeddings request, counted on a worker thread (the first
+    count in a process loads the encoding, ~0.5 s, which must not stall the loop)."""
+    return await asyncio.to_thread(count_embedding_input, inp, encoding)

@@ -23,10 +23,10 @@ from _fastpath import SseRewriter, encode_alias, rewrite_model
 from proxy import errors, tokens
 from proxy.config import AliasRoute, Deployment
 from proxy.errors import GatewayError
-from proxy.metering import RequestMeter
+from proxy.metering import CLIENT_GONE, RequestMeter
 from proxy.providers import UpstreamReply, UpstreamTimeout, UpstreamUnavailable
 from proxy.routes.body import read_json_body, require_alias
-from proxy.routing import open_upstream, resolve_route
+from proxy.routing import open_upstream, read_reply, resolve_route
 from proxy.state import STATE
 
 ENDPOINT = "chat.completions"
@@ -35,7 +35,6 @@ SSE_HEADERS = {
     "Cache-Control": "no-cache",
     "X-Accel-Buffering": "no",
 }
-CLIENT_GONE = 499  # nginx's status for "client closed the request"
 _ALIAS_JSON: dict[str, bytes] = {}  # alias -> its JSON string token
 
 
@@ -104,11 +103,7 @@ async def _relay_json(
     meter: RequestMeter, route: AliasRoute, dep: Deployment, body: dict[str, Any],
     reply: UpstreamReply,
 ) -> web.Response:
-    try:
-        raw = await reply.read()
-    except (UpstreamTimeout, UpstreamUnavailable) as exc:
-        raise (errors.upstream_timeout() if isinstance(exc, UpstreamTimeout)
-               else errors.upstream_unavailable(f"bad reply ({exc})")) from None
+    raw = await read_reply(reply)
     # Fast path: the upstream's bytes with only the top-level "model" replaced,
     # usage read from its own small slice; nothing else is parsed or re-encoded.
     fast = rewrite_model(raw, _alias_json(route.alias))

@@ -6,6 +6,7 @@ client sent them; `input` may be a string, a list of strings, or token-id lists.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
@@ -13,10 +14,10 @@ from aiohttp import web
 
 from proxy import errors, tokens
 from proxy.errors import GatewayError
-from proxy.metering import RequestMeter
-from proxy.providers import UpstreamTimeout, UpstreamUnavailable
+from proxy.config import Deployment
+from proxy.metering import CLIENT_GONE, RequestMeter
 from proxy.routes.body import read_json_body, require_alias
-from proxy.routing import open_upstream, resolve_route
+from proxy.routing import open_upstream, read_reply, resolve_route
 from proxy.state import STATE
 
 
@@ -46,30 +47,34 @@ async def create_embeddings(request: web.Request) -> web.Response:
         raise errors.invalid_param("encoding_format", "'encoding_format' must be 'float' or 'base64'.")
     route = resolve_route(state, request["key"], alias, "embeddings")
     meter = RequestMeter(state.journal, request, route, "embeddings", False)
+    dep: Deployment | None = None
     try:
         reply, dep = await open_upstream(state, route, "embeddings", body, False)
-        raw = await reply.read()
+        raw = await read_reply(reply)
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            data = None
+        if not isinstance(data, dict):
+            raise errors.upstream_unavailable("bad reply (not a JSON object)")
     except GatewayError as err:
-        meter.finish(status=err.status, deployment="-", error=err.code)
+        meter.finish(status=err.status, deployment="-" if dep is None else dep.name,
+                     error=err.code)
         raise
-    except (UpstreamTimeout, UpstreamUnavailable) as exc:
-        err = errors.upstream_unavailable(str(exc))
-        meter.finish(status=err.status, deployment="-", error=err.code)
-        raise err from None
-    try:
-        data = orjson.loads(raw)
-        assert isinstance(data, dict)
-    except (orjson.JSONDecodeError, AssertionError):
-        err = errors.upstream_unavailable("bad reply")
-        meter.finish(status=err.status, deployment=dep.name, error=err.code)
-        raise err from None
+    except asyncio.CancelledError:
+        # the client left before its reply: bill the input, counted locally
+        encoding = (route.deployments[0] if dep is None else dep).encoding
+        prompt = await tokens.count_embedding_locally(body["input"], encoding)
+        meter.finish(status=CLIENT_GONE, deployment="-" if dep is None else dep.name,
+                     input_tokens=prompt, usage_source="local", error="client_disconnected")
+        raise
     data["model"] = alias
     usage = data.get("usage")
     prompt = usage.get("prompt_tokens") if isinstance(usage, dict) else None
     if isinstance(prompt, int):
         source = "upstream"
     else:
-        prompt = tokens.count_embedding_input(body["input"], dep.encoding)
+        prompt = await tokens.count_embedding_locally(body["input"], dep.encoding)
         source = "local"
     meter.finish(status=200, deployment=dep.name, input_tokens=prompt, usage_source=source)
     return web.Response(body=orjson.dumps(data), content_type="application/json")
