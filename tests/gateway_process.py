@@ -159,49 +159,35 @@ class GatewayProcess:
             conn.close()
 
 
-def gateway_config(upstream_url: str, *, db: str = "gateway.db", max_body_mb: float = 1) -> str:
+def _openai_deployment(alias: str, base_url: str, model: str, extra: str = "") -> str:
+    return f"""
+[[models.{alias}.deployments]]
+provider = "openai"
+base_url = "{base_url}"
+api_key = "{UPSTREAM_KEY}"
+model = "{model}"
+{extra}"""
+
+
+def gateway_config(upstream_url: str, *, max_body_mb: float = 1) -> str:
+    """The test gateway's config; its database is `gateway.db` (see `db_rows`)."""
     return f"""
 [server]
 max_body_mb = {max_body_mb}
 
 [storage]
-path = "{db}"
-
-[[models.prometheus-lite.deployments]]
-provider = "openai"
-base_url = "{upstream_url}"
-api_key = "{UPSTREAM_KEY}"
-model = "up-lite"
-
-[[models.prometheus-core.deployments]]
-provider = "openai"
-base_url = "{upstream_url}"
-api_key = "{UPSTREAM_KEY}"
-model = "up-core"
-
-[[models.prometheus-atlas.deployments]]
-provider = "openai"
-base_url = "{upstream_url}"
-api_key = "{UPSTREAM_KEY}"
-model = "up-embed"
-
-[[models.prometheus-surge.deployments]]
-provider = "openai"
-base_url = "{closed_port_url()}"
-api_key = "{UPSTREAM_KEY}"
-model = "up-surge"
-timeout_s = 5
-
+path = "gateway.db"
+""" + "".join([
+        _openai_deployment("prometheus-lite", upstream_url, "up-lite"),
+        _openai_deployment("prometheus-core", upstream_url, "up-core"),
+        _openai_deployment("prometheus-atlas", upstream_url, "up-embed"),
+        _openai_deployment("prometheus-surge", closed_port_url(), "up-surge", "timeout_s = 5\n"),
+        _openai_deployment("team-custom", upstream_url, "up-custom"),
+    ]) + """
 [[models.prometheus-pulse.deployments]]
 provider = "sim"
 ttft_ms = 5
 tokens_per_second = 2000
-
-[[models.team-custom.deployments]]
-provider = "openai"
-base_url = "{upstream_url}"
-api_key = "{UPSTREAM_KEY}"
-model = "up-custom"
 
 [models.team-custom.price]
 input_per_mtok = 2.0
