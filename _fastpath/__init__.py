@@ -1,7 +1,7 @@
 """The gateway's native fast path: `SseRewriter` for streamed chat replies and
 `rewrite_model` for whole JSON replies.
 
-`proxy.routes.chat` imports both (and `encode_alias`) from here. The compiled twin
+`proxy.providers.openai.replies` imports both (and `encode_alias`) from here. The compiled twin
 (`_sse_c`, Cython) is used when it was built; `PROMETHEUS_NO_EXTENSIONS=1`
 or a Python other than CPython selects the pure twin (`_sse_py`), which
 behaves identically. `IMPLEMENTATION` says which one is in use.

@@ -1,6 +1,6 @@
 """Pure-Python `SseRewriter`: the plain twin of `_fastpath._sse_c`.
 
-`proxy.routes.chat` feeds every piece of an upstream chat-completions SSE
+`proxy.providers.openai.replies` feeds every piece of an upstream chat-completions SSE
 stream into one `SseRewriter` and writes what `feed()` returns to the client.
 The rewriter cuts the bytes into events, rewrites the first `"model"` string of
 each JSON data event to the gateway alias, notes the first content delta (for

@@ -376,7 +376,7 @@ def sim_command(gw: list[str] | None, port: int, tps: float) -> list[str]:
                      "--ttft-ms", "0", "--tokens-per-second", str(tps)]
     # Fallback while the CLI is not installed: the simulator module itself.
     return [sys.executable, "-c",
-            "import sys; from proxy.sim_server import run_sim; "
+            "import sys; from proxy.providers.sim.server import run_sim; "
             f"run_sim('127.0.0.1', {port}, 0.0, {float(tps)})"]
 
 

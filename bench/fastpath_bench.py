@@ -3,7 +3,7 @@
 Feeds a recorded 60-chunk OpenAI chat stream (`tests/data/stream_60.sse`: a
 role chunk, 60 content chunks with `"usage":null`, a finish chunk, a usage
 chunk with `"choices":[]`, `data: [DONE]`; 64 events) through a fresh
-rewriter per stream, the way `proxy.routes.chat` does, and prints events per
+rewriter per stream, the way `proxy.providers.openai.replies` does, and prints events per
 second for each implementation and their ratio. Two cuttings of the stream:
 
 * `random`: cut at seeded random places into pieces of 1..512 bytes (events

@@ -1,7 +1,9 @@
 """Prometheus Gateway: a self-hosted, OpenAI-compatible LLM gateway.
 
-The request path lives in `proxy.app` (middleware) and `proxy.routes`; set-up
-code in `proxy.config`, `proxy.server` and `proxy.cli`.
+A request's way reads top to bottom through the rooms: `http` (middleware),
+`auth` (the key), `api` (the handler), `routing` (alias -> deployment),
+`providers` (the upstream call), `metering` (the usage record) and `usage`
+(journal, SQLite, reports). Set-up lives in `config`, `server` and `cli`.
 """
 
 __version__ = "0.1.0"

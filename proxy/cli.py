@@ -1,8 +1,8 @@
 """The `prometheus-gateway` command line (also `python -m proxy`).
 
-Only argument parsing and printing live here; the work is in `proxy.server`
-(serve), `proxy.keys` (keys), `proxy.usage_report` (usage) and
-`proxy.sim_server` (sim).
+Only argument parsing and printing live here; the work is in `proxy.server.lifecycle`
+(serve), `proxy.auth.keys` (keys), `proxy.usage.report` (usage) and
+`proxy.providers.sim.server` (sim).
 """
 
 from __future__ import annotations
@@ -14,8 +14,11 @@ from typing import Any
 
 import orjson
 
-from proxy import keys, storage, usage_report
-from proxy.config import ConfigError, GatewayConfig, load_config
+from proxy import storage
+from proxy.auth import keys
+from proxy.usage import report as usage_report
+from proxy.config.load import ConfigError, load_config
+from proxy.config.model import GatewayConfig
 
 
 def _print_json(value: Any) -> None:
@@ -27,7 +30,7 @@ def _config(args: argparse.Namespace) -> GatewayConfig:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from proxy.server import serve
+    from proxy.server.lifecycle import serve
 
     config = _config(args)
     overrides: dict[str, Any] = {}
@@ -113,7 +116,7 @@ def cmd_usage(args: argparse.Namespace) -> int:
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
-    from proxy.sim_server import run_sim
+    from proxy.providers.sim.server import run_sim
 
     run_sim(args.host, args.port, args.ttft_ms, args.tokens_per_second)
     return 0

@@ -9,7 +9,7 @@ from typing import Any
 
 import openai
 import pytest
-from proxy.tokens import get_encoding
+from proxy.metering.tokens import get_encoding
 
 from gateway_process import GatewayProcess
 from upstream_app import Upstream, reply_words

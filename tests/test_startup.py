@@ -20,7 +20,7 @@ import openai
 import pytest
 
 from gateway_process import GatewayProcess, free_port, gateway_env
-from proxy.config import ConfigError, load_config
+from proxy.config.load import ConfigError, load_config
 
 ALIASES = ("prometheus-spark", "prometheus-lite", "prometheus-core", "prometheus-vision",
            "prometheus-pulse", "prometheus-surge", "prometheus-atlas", "prometheus-echo")

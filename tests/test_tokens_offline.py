@@ -49,7 +49,7 @@ def _offline_env(tmp_path: Path) -> dict[str, str]:
 def test_counting_works_with_the_network_unreachable(tmp_path: Path) -> None:
     script = '''
 import json, socket
-from proxy import tokens
+from proxy.metering import tokens
 try:
     socket.create_connection(("93.184.216.34", 443), timeout=2)
     blocked = False
@@ -72,7 +72,7 @@ print(json.dumps({
 
 
 def test_bundled_files_match_the_published_sha256() -> None:
-    from proxy import tokens
+    from proxy.metering import tokens
 
     published = {
         "o200k_base": "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d",
@@ -100,7 +100,7 @@ def test_gateway_counts_locally_offline(upstream: Upstream, tmp_path: Path) -> N
         while not rows and time.monotonic() < deadline:
             rows = gw.db_rows("SELECT status, output_tokens, usage_source FROM requests")
             time.sleep(0.05)
-        from proxy.tokens import count_text
+        from proxy.metering.tokens import count_text
 
         assert rows == [(200, count_text(reply.choices[0].message.content or ""), "local")]
     finally:

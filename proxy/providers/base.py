@@ -1,44 +1,107 @@
-"""The one small interface every provider adapter implements.
+"""The one interface every provider implements, and the reply every handler reads.
 
-The route handlers (`proxy.routes.*`) pick a deployment, call
-`provider.send(deployment, endpoint, body, stream)` and get an
-`UpstreamReply`: an HTTP-like status, the raw body (OpenAI shape), or the
-raw SSE bytes of a stream in OpenAI's chunk format. The handlers then do the
-same thing whatever the provider: rewrite `model`, meter, relay. Adapters for
-non-OpenAI upstreams translate to and from OpenAI shapes inside `send`.
+The handlers in `proxy.api` build a request object (`ChatRequest`,
+`EmbeddingsRequest`), `proxy.routing.failover` picks a deployment and calls the
+provider's method for that operation, and gets a `Reply`. The handler reads
+every reply the same way, whatever the provider: `status` and `error` (what the
+client sees when the upstream said no), `body()` or `chunks()` (bytes already
+in OpenAI's shape with the alias as `model`), `first_content_at` (TTFT),
+`usage` once the upstream reported it, `text()` (what was produced so far, for
+local counting when it did not) and `close()`. How the bytes got that shape is
+the provider's business: handlers never see a wire format.
+
+Adding an operation (transcription, say) adds a request type and a method;
+the `Reply` stays as it is.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any, Protocol
 
-from proxy.config import Deployment
+from proxy.config.model import Deployment
+from proxy.http.errors import GatewayError
 
 
 class UpstreamUnavailable(Exception):
-    """The upstream could not be reached or broke the connection."""
+    """The upstream could not be reached, broke the connection, or sent nonsense."""
 
 
 class UpstreamTimeout(Exception):
     """The upstream did not answer in time."""
 
 
-class UpstreamReply(Protocol):
-    status: int
-    retry_after: str | None
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    """POST /v1/chat/completions, validated: the body as the client sent it."""
 
-    async def read(self) -> bytes: ...
+    alias: str
+    body: dict[str, Any]
+    stream: bool
+    include_usage: bool  # the client asked for the final usage chunk
 
-    def chunks(self) -> AsyncIterator[bytes]: ...
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingsRequest:
+    """POST /v1/embeddings, validated."""
+
+    alias: str
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Tokens as the upstream reported them."""
+
+    input_tokens: int
+    output_tokens: int
+
+
+class Reply:
+    """An upstream's answer to one operation, as the handlers read it.
+
+    Providers subclass it and fill in what they know; the defaults are those
+    of a reply that has produced nothing yet.
+    """
+
+    status: int = 200  # the upstream's HTTP-like status
+    error: GatewayError | None = None  # set when status >= 400: what the client sees
+    retry_after: str | None = None
+    usage: Usage | None = None  # once the upstream reported it
+    first_content_at: float | None = None  # perf_counter() of the first content (streams)
+    ended: bool = False  # stream: no more bytes will come after the current piece
+    complete: bool = False  # stream: the upstream ended it properly
+
+    async def body(self) -> bytes:
+        """The whole reply for the client (non-stream operations)."""
+        raise NotImplementedError
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        """The reply for the client as it comes (streams)."""
+        raise NotImplementedError
+
+    def text(self) -> str:
+        """The text produced so far (for local counting when `usage` is None)."""
+        return ""
 
     def close(self) -> None:
-        """Stop the upstream work now (client gone, or we are done)."""
+        """Stop the upstream work now (client gone, or a failure)."""
+
+
+class FailedReply(Reply):
+    """The upstream said no: `error` is what the client sees if no other deployment
+    can take the request."""
+
+    def __init__(self, status: int, error: GatewayError, retry_after: str | None = None) -> None:
+        self.status = status
+        self.error = error
+        self.retry_after = retry_after
 
 
 class Provider(Protocol):
-    async def send(
-        self, deployment: Deployment, endpoint: str, body: dict[str, Any], stream: bool
-    ) -> UpstreamReply: ...
+    async def chat(self, deployment: Deployment, request: ChatRequest) -> Reply: ...
+
+    async def embeddings(self, deployment: Deployment, request: EmbeddingsRequest) -> Reply: ...
 
     async def close(self) -> None: ...

@@ -1,0 +1,1 @@
+"""`/admin/*`, behind `PROMETHEUS_ADMIN_KEY`: `api` (keys and usage over HTTP)."""

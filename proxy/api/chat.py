@@ -1,0 +1,69 @@
+"""POST /v1/chat/completions: the hot path.
+
+Validates the body, resolves the alias, calls the upstream through
+`proxy.routing.failover`, then relays the reply: one JSON body, or the stream
+piece by piece (`proxy.api.streaming`). A `Meter` makes the request's one
+usage record on every way out.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from proxy.api.streaming import relay_stream, sse_response
+from proxy.config.model import Deployment
+from proxy.http import errors
+from proxy.http.bodies import read_json_body, require_alias
+from proxy.metering import tokens
+from proxy.metering.meter import LocalCount, Meter
+from proxy.providers.base import ChatRequest, Provider, Reply
+from proxy.routing.failover import call_upstream, read_body
+from proxy.routing.router import resolve_route
+from proxy.server.state import STATE
+
+ENDPOINT = "chat.completions"
+
+
+def parse_chat(body: dict[str, Any]) -> ChatRequest:
+    alias = require_alias(body)
+    messages = body.get("messages")
+    if messages is None:
+        raise errors.missing_param("messages")
+    if not isinstance(messages, list) or not messages:
+        raise errors.invalid_param("messages", "'messages' must be a non-empty array.")
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise errors.invalid_param("stream", "'stream' must be a boolean.")
+    opts = body.get("stream_options")
+    include_usage = isinstance(opts, dict) and opts.get("include_usage") is True
+    return ChatRequest(alias, body, stream is True, include_usage)
+
+
+def chat_counter(body: dict[str, Any]) -> LocalCount:
+    async def count(dep: Deployment, text: str) -> tuple[int, int]:
+        return await tokens.count_locally(body, text, dep.encoding)
+
+    return count
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    chat = parse_chat(await read_json_body(request))
+    route = resolve_route(state.routes, request["key"], chat.alias, "chat")
+
+    async def call(provider: Provider, dep: Deployment) -> Reply:
+        return await provider.chat(dep, chat)
+
+    resp = sse_response(request["rid"])
+    async with Meter(state.usage, request, route, ENDPOINT, chat.stream,
+                     chat_counter(chat.body)) as meter:
+        reply, dep = await call_upstream(state.providers, route, call)
+        meter.attach(dep, reply)
+        if not chat.stream:
+            payload = await read_body(reply)
+            await meter.settle()
+            return web.Response(body=payload, content_type="application/json")
+        await relay_stream(request, resp, meter, reply)
+    return resp

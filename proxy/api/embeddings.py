@@ -1,0 +1,71 @@
+"""POST /v1/embeddings: pass-through with the alias rewritten and input tokens billed.
+
+`encoding_format` (float or base64) and `dimensions` reach the upstream as the
+client sent them; `input` may be a string, a list of strings, or token-id lists.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from proxy.config.model import Deployment
+from proxy.http import errors
+from proxy.http.bodies import read_json_body, require_alias
+from proxy.metering import tokens
+from proxy.metering.meter import LocalCount, Meter
+from proxy.providers.base import EmbeddingsRequest, Provider, Reply
+from proxy.routing.failover import call_upstream, read_body
+from proxy.routing.router import resolve_route
+from proxy.server.state import STATE
+
+
+def _valid_input(inp: Any) -> bool:
+    if isinstance(inp, str):
+        return True
+    if not isinstance(inp, list) or not inp:
+        return False
+    if all(isinstance(x, int) for x in inp):
+        return True
+    return all(isinstance(x, str) or (isinstance(x, list) and x and
+                                      all(isinstance(t, int) for t in x)) for x in inp)
+
+
+def parse_embeddings(body: dict[str, Any]) -> EmbeddingsRequest:
+    alias = require_alias(body)
+    if "input" not in body:
+        raise errors.missing_param("input")
+    if not _valid_input(body["input"]):
+        raise errors.invalid_param(
+            "input", "'input' must be a string, an array of strings, or arrays of token ids."
+        )
+    fmt = body.get("encoding_format")
+    if fmt is not None and fmt not in ("float", "base64"):
+        raise errors.invalid_param("encoding_format",
+                                   "'encoding_format' must be 'float' or 'base64'.")
+    return EmbeddingsRequest(alias, body)
+
+
+def input_counter(inp: Any) -> LocalCount:
+    async def count(dep: Deployment, _text: str) -> tuple[int, int]:
+        return await tokens.count_embedding_locally(inp, dep.encoding), 0
+
+    return count
+
+
+async def create_embeddings(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    emb = parse_embeddings(await read_json_body(request))
+    route = resolve_route(state.routes, request["key"], emb.alias, "embeddings")
+
+    async def call(provider: Provider, dep: Deployment) -> Reply:
+        return await provider.embeddings(dep, emb)
+
+    async with Meter(state.usage, request, route, "embeddings", False,
+                     input_counter(emb.body["input"])) as meter:
+        reply, dep = await call_upstream(state.providers, route, call)
+        meter.attach(dep, reply)
+        payload = await read_body(reply)
+        await meter.settle()
+    return web.Response(body=payload, content_type="application/json")

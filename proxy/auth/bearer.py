@@ -1,0 +1,36 @@
+"""Checking a request's bearer key, called by `proxy.http.middleware` for `/v1/*`.
+
+The key is hashed and looked up in the process's `KeyTable` (no database round
+trip for a known key); a miss makes the table re-check SQLite once, so a key
+minted a moment ago works. The key found is left on the request as
+`request["key"]` for the handlers.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from proxy.auth.key_table import KeyTable
+from proxy.http import errors
+
+
+def bearer_token(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization")
+    if not header:
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+async def authenticate(request: web.Request, keys: KeyTable) -> None:
+    token = bearer_token(request)
+    if token is None:
+        raise errors.missing_key()
+    info = keys.lookup(token) or await keys.lookup_or_refresh(token)
+    if info is None:
+        raise errors.invalid_key()
+    if info.revoked:
+        raise errors.revoked_key()
+    request["key"] = info

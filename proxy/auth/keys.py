@@ -1,0 +1,122 @@
+"""API keys at rest: minting, hashing, and the `api_keys` table.
+
+The CLI and the admin API call `create_key`/`revoke_key`/`list_keys`, which
+write the table and bump `meta.keys_version`; each gateway process's
+`proxy.auth.key_table.KeyTable` notices the bump and reloads its mirror.
+Only the sha256 of a key is stored; the plain key is returned once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import sqlite3
+import time
+from dataclasses import dataclass
+from typing import Any
+
+KEY_PREFIX = "prom_sk_"
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    id: str
+    name: str
+    key_hash: str
+    revoked: bool
+    rpm: int | None = None
+    tpm: int | None = None
+    budget_usd: float | None = None
+    models: frozenset[str] | None = None
+
+    def allows(self, alias: str) -> bool:
+        return self.models is None or alias in self.models
+
+
+def hash_key(plain: str) -> str:
+    return hashlib.sha256(plain.encode()).hexdigest()
+
+
+def new_plain_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def row_to_info(row: tuple[Any, ...]) -> KeyInfo:
+    kid, name, key_hash, revoked_at, rpm, tpm, budget, models = row
+    return KeyInfo(
+        id=kid,
+        name=name,
+        key_hash=key_hash,
+        revoked=revoked_at is not None,
+        rpm=rpm,
+        tpm=tpm,
+        budget_usd=budget,
+        models=frozenset(m for m in models.split(",") if m) if models else None,
+    )
+
+
+SELECT_KEYS = "SELECT id, name, key_hash, revoked_at, rpm, tpm, budget_usd, models FROM api_keys"
+
+
+def create_key(
+    conn: sqlite3.Connection,
+    name: str,
+    *,
+    rpm: int | None = None,
+    tpm: int | None = None,
+    budget_usd: float | None = None,
+    models: list[str] | None = None,
+) -> dict[str, Any]:
+    """Store a new key (hashed) and return the only copy of the plain key."""
+    plain = new_plain_key()
+    kid = "key_" + secrets.token_hex(8)
+    with conn:
+        conn.execute(
+            "INSERT INTO api_keys (id, name, key_hash, key_prefix, created_at, rpm, tpm,"
+            " budget_usd, models) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                kid,
+                name,
+                hash_key(plain),
+                plain[: len(KEY_PREFIX) + 4],
+                time.time(),
+                rpm,
+                tpm,
+                budget_usd,
+                ",".join(models) if models else None,
+            ),
+        )
+        conn.execute("UPDATE meta SET value = value + 1 WHERE name = 'keys_version'")
+    return {"id": kid, "key": plain, "name": name}
+
+
+def revoke_key(conn: sqlite3.Connection, key_id: str) -> bool:
+    with conn:
+        cur = conn.execute(
+            "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+            (time.time(), key_id),
+        )
+        conn.execute("UPDATE meta SET value = value + 1 WHERE name = 'keys_version'")
+    return cur.rowcount > 0
+
+
+def list_keys(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        "SELECT id, name, key_prefix, created_at, revoked_at, rpm, tpm, budget_usd, models"
+        " FROM api_keys ORDER BY created_at"
+    ).fetchall()
+    return [
+        {
+            "id": r[0],
+            "name": r[1],
+            "key_prefix": r[2],
+            "created_at": r[3],
+            "revoked": r[4] is not None,
+            "revoked_at": r[4],
+            "rpm": r[5],
+            "tpm": r[6],
+            "budget_usd": r[7],
+            "models": r[8].split(",") if r[8] else None,
+        }
+        for r in rows
+    ]

@@ -1,0 +1,145 @@
+"""Building the one `GatewayConfig` at start, from the file, the environment and
+the catalogue.
+
+`load_config` reads the TOML file named by `--config`, `PROMETHEUS_CONFIG` or
+`./prometheus.toml` (in that order), lays it over the built-in defaults from
+`proxy.config.catalogue`, and switches the defaults to real upstreams when provider
+credentials are in the environment. The CLI, the server and the tests build a
+`GatewayConfig` this way; nothing on the request path reads files or env.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from proxy.config import catalogue
+from proxy.config.model import AliasRoute, Deployment, GatewayConfig, Price
+
+
+class ConfigError(ValueError):
+    """The config file is unreadable or names something we cannot serve."""
+
+
+def _sim_deployment(alias: str) -> Deployment:
+    ttft, tps = catalogue.SIM_PACE.get(alias, (50.0, 200.0))
+    return Deployment(provider="sim", model=f"sim-{alias}", ttft_ms=ttft, tokens_per_second=tps)
+
+
+def _default_routes(env: dict[str, str]) -> tuple[dict[str, AliasRoute], str]:
+    openai_key = env.get("OPENAI_API_KEY", "")
+    openai_base = env.get("OPENAI_BASE_URL", "https://api.openai.com/v1")
+    routes: dict[str, AliasRoute] = {}
+    for alias, (kind, pin, pout, paudio) in catalogue.ALIAS_CATALOGUE.items():
+        if openai_key:
+            dep = Deployment(
+                provider="openai",
+                model=catalogue.OPENAI_DEFAULT_MODELS[alias],
+                base_url=openai_base,
+                api_key=openai_key,
+            )
+        else:
+            dep = _sim_deployment(alias)
+        routes[alias] = AliasRoute(alias, kind, (dep,), Price(pin, pout, paudio))
+    return routes, ("openai (OPENAI_API_KEY)" if openai_key else "sim")
+
+
+def _parse_deployment(alias: str, raw: dict[str, Any], env: dict[str, str]) -> Deployment:
+    provider = str(raw.get("provider", "openai"))
+    if provider not in ("openai", "sim"):
+        raise ConfigError(f"models.{alias}: provider {provider!r} is not supported yet")
+    api_key = str(raw.get("api_key", ""))
+    if not api_key and raw.get("api_key_env"):
+        api_key = env.get(str(raw["api_key_env"]), "")
+    base_url = str(raw.get("base_url", "")).rstrip("/")
+    if provider == "openai" and not base_url:
+        raise ConfigError(f"models.{alias}: an openai deployment needs base_url")
+    pace = catalogue.SIM_PACE.get(alias, (50.0, 200.0))
+    return Deployment(
+        provider=provider,
+        model=str(raw.get("model", f"sim-{alias}" if provider == "sim" else alias)),
+        base_url=base_url,
+        api_key=api_key,
+        weight=float(raw.get("weight", 1.0)),
+        timeout_s=float(raw.get("timeout_s", 600.0)),
+        encoding=str(raw.get("encoding", "o200k_base")),
+        ttft_ms=float(raw.get("ttft_ms", pace[0])),
+        tokens_per_second=float(raw.get("tokens_per_second", pace[1])),
+    )
+
+
+def _parse_models(
+    models: dict[str, Any], routes: dict[str, AliasRoute], env: dict[str, str]
+) -> list[str]:
+    warnings: list[str] = []
+    for alias, spec in models.items():
+        if not isinstance(spec, dict):
+            raise ConfigError(f"models.{alias} must be a table")
+        base = routes.get(alias)
+        raw_deps = spec.get("deployments")
+        if raw_deps is None:
+            if base is None:
+                raise ConfigError(f"models.{alias}: a new alias needs [[models.{alias}.deployments]]")
+            deps = base.deployments
+        else:
+            if not isinstance(raw_deps, list) or not raw_deps:
+                raise ConfigError(f"models.{alias}.deployments must be a non-empty array of tables")
+            deps = tuple(_parse_deployment(alias, d, env) for d in raw_deps)
+        kind = str(spec.get("kind", base.kind if base else "chat"))
+        raw_price = spec.get("price")
+        if raw_price is not None:
+            price = Price(
+                float(raw_price.get("input_per_mtok", 0.0)),
+                float(raw_price.get("output_per_mtok", 0.0)),
+                float(raw_price.get("audio_per_minute", 0.0)),
+            )
+            priced = True
+        elif base is not None:
+            price, priced = base.price, base.priced
+        else:
+            price, priced = Price(), False
+            warnings.append(f"alias {alias} has no [models.{alias}.price] table: it costs 0")
+        routes[alias] = AliasRoute(alias, kind, deps, price, priced)
+    return warnings
+
+
+def find_config_file(explicit: str | None, env: dict[str, str]) -> Path | None:
+    if explicit:
+        return Path(explicit)
+    if env.get("PROMETHEUS_CONFIG"):
+        return Path(env["PROMETHEUS_CONFIG"])
+    local = Path(catalogue.DEFAULT_CONFIG_FILE)
+    return local if local.exists() else None
+
+
+def load_config(path: str | None = None, env: dict[str, str] | None = None) -> GatewayConfig:
+    env = dict(os.environ) if env is None else env
+    routes, upstream_source = _default_routes(env)
+    cfg_path = find_config_file(path, env)
+    raw: dict[str, Any] = {}
+    if cfg_path is not None:
+        try:
+            raw = tomllib.loads(cfg_path.read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file {cfg_path} not found") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {cfg_path}: {exc}") from exc
+    server = raw.get("server", {})
+    storage = raw.get("storage", {})
+    warnings = _parse_models(raw.get("models", {}), routes, env)
+    db_path = Path(str(storage.get("path", catalogue.DEFAULT_DB_PATH)))
+    if cfg_path is not None and not db_path.is_absolute() and "path" in storage:
+        db_path = cfg_path.parent / db_path
+    return GatewayConfig(
+        host=str(server.get("host", catalogue.DEFAULT_HOST)),
+        port=int(server.get("port", catalogue.DEFAULT_PORT)),
+        workers=int(server.get("workers", 1)),
+        max_body_bytes=int(float(server.get("max_body_mb", catalogue.DEFAULT_MAX_BODY_MB)) * 1024 * 1024),
+        db_path=db_path.resolve(),
+        routes=routes,
+        source=str(cfg_path) if cfg_path else "built-in defaults",
+        upstream_source=upstream_source,
+        warnings=tuple(warnings),
+    )

@@ -1,0 +1,76 @@
+"""The typed settings: what `proxy.config.load` builds once at start.
+
+`GatewayConfig` holds everything a process needs; `AliasRoute` is one alias
+(its kind, price and deployments) and `Deployment` one upstream that can serve
+it. The request path reads these; nothing on it reads files or the environment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from proxy.config import catalogue
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    input_per_mtok: float = 0.0
+    output_per_mtok: float = 0.0
+    audio_per_minute: float = 0.0
+
+    def cost(self, input_tokens: int, output_tokens: int, audio_seconds: float = 0.0) -> float:
+        return (
+            input_tokens * self.input_per_mtok / 1e6
+            + output_tokens * self.output_per_mtok / 1e6
+            + audio_seconds * self.audio_per_minute / 60.0
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    """One upstream that can serve an alias."""
+
+    provider: str
+    model: str
+    base_url: str = ""
+    api_key: str = field(default="", repr=False)
+    weight: float = 1.0
+    timeout_s: float = 600.0
+    encoding: str = "o200k_base"
+    # simulator pace (provider = "sim" only)
+    ttft_ms: float = 0.0
+    tokens_per_second: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return f"{self.provider}:{self.model}"
+
+
+@dataclass(frozen=True, slots=True)
+class AliasRoute:
+    alias: str
+    kind: str  # chat | embeddings | transcription
+    deployments: tuple[Deployment, ...]
+    price: Price
+    priced: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    host: str = catalogue.DEFAULT_HOST
+    port: int = catalogue.DEFAULT_PORT
+    workers: int = 1
+    max_body_bytes: int = int(catalogue.DEFAULT_MAX_BODY_MB * 1024 * 1024)
+    db_path: Path = Path(catalogue.DEFAULT_DB_PATH)
+    routes: dict[str, AliasRoute] = field(default_factory=dict)
+    source: str = "built-in defaults"
+    upstream_source: str = "sim"  # how the default aliases are served
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def journal_dir(self) -> Path:
+        return self.db_path.with_name(self.db_path.name + ".journal")
+
+    def all_simulated(self) -> bool:
+        return all(d.provider == "sim" for r in self.routes.values() for d in r.deployments)

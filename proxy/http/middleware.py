@@ -1,0 +1,106 @@
+"""The one middleware every request passes, first in the flow.
+
+`gateway_middleware` stamps a request id, answers 413 before reading an
+oversized body, has `proxy.auth.bearer` check the key for `/v1/*`, turns every
+failure into OpenAI's error shape, and writes the request's one log line
+(the usage record when the meter made one). Handlers live in `proxy.api` and
+`proxy.admin`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from proxy.auth.bearer import authenticate
+from proxy.http import errors
+from proxy.http.errors import GatewayError
+from proxy.server.state import STATE, GatewayState
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def new_request_id(now: float) -> str:
+    """`req_` + 24 hex digits: 12 of the time in microseconds, 12 random.
+
+    Time first, so that ids written in one batch sort together: the usage
+    table's primary key then grows at its end instead of at random places.
+    """
+    # ids need to be unique, not secret: the PRNG (re-seeded from os.urandom in
+    # every forked worker) spares a getrandom() syscall per request
+    return f"req_{int(now * 1e6) & 0xFFFFFFFFFFFF:012x}{random.getrandbits(48):012x}"
+
+
+def _http_error(exc: web.HTTPException, max_body_bytes: int) -> GatewayError:
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return errors.body_too_large(max_body_bytes)
+    if exc.status == 404:
+        return GatewayError(404, f"Unknown path: {exc.reason}", code="not_found")
+    if exc.status == 405:
+        return GatewayError(405, "Method not allowed for this path.", code="method_not_allowed")
+    kind = "invalid_request_error" if exc.status < 500 else "api_error"
+    return GatewayError(exc.status, exc.text or exc.reason, type=kind)
+
+
+@web.middleware
+async def gateway_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    state = request.app[STATE]
+    request["t0"] = time.perf_counter()
+    request["ts"] = now = time.time()
+    request["rid"] = rid = new_request_id(now)
+    response: web.StreamResponse
+    try:
+        if request.path.startswith("/v1/"):
+            limit = state.config.max_body_bytes
+            if request.content_length is not None and request.content_length > limit:
+                raise errors.body_too_large(limit)
+            await authenticate(request, state.keys)
+        response = await handler(request)
+    except asyncio.CancelledError:  # the client left (handler cancellation): log it all the same
+        request["error"] = request.get("error") or "client_disconnected"
+        log_request(state, request, 499)
+        raise
+    except GatewayError as err:
+        response = err.response()
+        request["error"] = err.code
+    except web.HTTPException as exc:
+        err = _http_error(exc, state.config.max_body_bytes)
+        response = err.response()
+        request["error"] = err.code
+    except Exception:  # a bug must still answer in OpenAI's shape
+        state.log.exception("unhandled", request_id=rid)
+        err = GatewayError(500, "The gateway failed to handle the request.", type="api_error",
+                           code="internal_error")
+        response = err.response()
+        request["error"] = err.code
+    if not response.prepared:  # a handler that streams sets it itself, before prepare()
+        response.headers["x-request-id"] = rid
+    log_request(state, request, response.status)
+    return response
+
+
+def log_request(state: GatewayState, request: web.Request, status: int) -> None:
+    """The request's one log line: its usage record when the meter made one."""
+    usage = request.get("usage")
+    if usage is not None:
+        state.log.info(
+            "request", request_id=usage["request_id"], key_id=usage["key_id"],
+            model=usage["model"], deployment=usage["deployment"], status=usage["status"],
+            stream=bool(usage["stream"]), input_tokens=usage["input_tokens"],
+            output_tokens=usage["output_tokens"], latency_ms=usage["latency_ms"],
+            ttft_ms=usage["ttft_ms"], usage_source=usage["usage_source"], error=usage["error"],
+        )
+        return
+    if request.path == "/healthz":
+        return
+    key = request.get("key")
+    state.log.info(
+        "request", request_id=request["rid"], key_id=key.id if key else None,
+        method=request.method, path=request.path, status=status,
+        latency_ms=round((time.perf_counter() - request["t0"]) * 1000.0, 3),
+        error=request.get("error"),
+    )

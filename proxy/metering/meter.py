@@ -1,0 +1,137 @@
+"""One usage record per request, made exactly once, on every way out.
+
+A handler enters a `Meter` once the alias is resolved and tells it which
+deployment and `Reply` it got (`attach`). It calls `settle()` before the last
+byte of the response goes out; every other ending is the meter's own
+business, in `__aexit__`:
+
+- a `GatewayError` (upstream refused, timed out, sent nonsense): its status
+  and code, no tokens;
+- the client gone (`CancelledError` from handler cancellation, or
+  `ConnectionResetError` on a write): 499, and what was produced is billed;
+- anything else (a bug): 500, and what was produced is billed.
+
+Billed tokens are the upstream's report (`reply.usage`) or, where it sent
+none, a local tiktoken count of the prompt and of `reply.text()`. The record
+goes to the process's `UsageWriter` and is left on the request for the log
+line that `proxy.http.middleware` writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Any
+
+from aiohttp import web
+
+from proxy.config.model import AliasRoute, Deployment
+from proxy.http.errors import GatewayError
+from proxy.providers.base import Reply
+from proxy.usage.writer import UsageWriter
+
+CLIENT_GONE = 499  # nginx's status for "client closed the request"
+
+LocalCount = Callable[[Deployment, str], Awaitable[tuple[int, int]]]
+"""(input, output) tokens counted locally, given the deployment and the text produced."""
+
+
+class Meter:
+    __slots__ = ("_writer", "_request", "_route", "_endpoint", "_stream", "_count",
+                 "deployment", "reply", "record")
+
+    def __init__(
+        self,
+        writer: UsageWriter,
+        request: web.Request,
+        route: AliasRoute,
+        endpoint: str,
+        stream: bool,
+        count_locally: LocalCount,
+    ) -> None:
+        self._writer = writer
+        self._request = request
+        self._route = route
+        self._endpoint = endpoint
+        self._stream = stream
+        self._count = count_locally
+        self.deployment: Deployment | None = None
+        self.reply: Reply | None = None
+        self.record: dict[str, Any] | None = None
+
+    def attach(self, deployment: Deployment, reply: Reply) -> None:
+        self.deployment = deployment
+        self.reply = reply
+
+    async def __aenter__(self) -> Meter:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        if exc is not None and self.reply is not None:
+            self.reply.close()
+        # a stream's client that reset the connection has nobody left to answer
+        swallow = self._stream and isinstance(exc, ConnectionResetError)
+        if self.record is not None:
+            return swallow
+        if exc is None:
+            await self.settle()
+        elif isinstance(exc, GatewayError):
+            self._write(exc.status, None, "none", exc.code)
+        elif isinstance(exc, (asyncio.CancelledError, ConnectionResetError)):
+            await self.settle(CLIENT_GONE, "client_disconnected")
+        elif isinstance(exc, Exception):
+            await self.settle(500, "internal_error")
+        return swallow
+
+    async def settle(self, status: int = 200, error: str | None = None) -> None:
+        """Bill what the reply produced; the first call writes the record, later ones
+        do nothing."""
+        if self.record is not None:
+            return
+        reply = self.reply
+        usage = None if reply is None else reply.usage
+        if usage is not None:
+            self._write(status, (usage.input_tokens, usage.output_tokens), "upstream", error)
+            return
+        dep = self.deployment or self._route.deployments[0]
+        counted = await self._count(dep, "" if reply is None else reply.text())
+        if self.record is None:  # not written meanwhile by another way out
+            self._write(status, counted, "local", error)
+
+    def _write(
+        self, status: int, tokens: tuple[int, int] | None, source: str, error: str | None
+    ) -> None:
+        request = self._request
+        input_tokens, output_tokens = tokens or (0, 0)
+        ttft_ms = None
+        first = None if self.reply is None or not self._stream else self.reply.first_content_at
+        if first is not None:
+            ttft_ms = round((first - request["t0"]) * 1000.0, 3)
+        record = {
+            "request_id": request["rid"],
+            "ts": request["ts"],
+            "key_id": request["key"].id,
+            "model": self._route.alias,
+            "deployment": "-" if self.deployment is None else self.deployment.name,
+            "endpoint": self._endpoint,
+            "status": status,
+            "stream": int(self._stream),
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
+            "audio_seconds": 0.0,
+            "cost_usd": self._route.price.cost(input_tokens, output_tokens, 0.0),
+            "latency_ms": round((time.perf_counter() - request["t0"]) * 1000.0, 3),
+            "ttft_ms": ttft_ms,
+            "usage_source": source,
+            "error": error,
+        }
+        self.record = record
+        self._writer.append(record)
+        request["usage"] = record

@@ -1,0 +1,143 @@
+"""Local token counting with tiktoken, from the encodings this package carries.
+
+Called only where an upstream reported no usage (a stream cut short, an
+upstream that ignores `include_usage`). The encoding files ship in
+`proxy/metering/tokenizer_data/` and are checked against tiktoken's published sha256
+before use; nothing is downloaded. An encoding costs ~75 MiB and ~0.6 s to
+load, so it is loaded lazily, once per process, on a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any
+
+import tiktoken
+from tiktoken.load import load_tiktoken_bpe
+
+DATA_DIR = Path(__file__).with_name("tokenizer_data")
+
+# name -> (sha256 of the .tiktoken file, special tokens, split pattern); the
+# hashes and patterns are tiktoken's own (tiktoken_ext/openai_public.py, MIT).
+_O200K_PATTERN = "|".join(
+    [
+        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+        r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+        r"""\p{N}{1,3}""",
+        r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
+        r"""\s*[\r\n]+""",
+        r"""\s+(?!\S)""",
+        r"""\s+""",
+    ]
+)
+_CL100K_PATTERN = r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
+
+ENCODINGS: dict[str, tuple[str, dict[str, int], str]] = {
+    "o200k_base": (
+        "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d",
+        {"<|endoftext|>": 199999, "<|endofprompt|>": 200018},
+        _O200K_PATTERN,
+    ),
+    "cl100k_base": (
+        "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7",
+        {
+            "<|endoftext|>": 100257,
+            "<|fim_prefix|>": 100258,
+            "<|fim_middle|>": 100259,
+            "<|fim_suffix|>": 100260,
+            "<|endofprompt|>": 100276,
+        },
+        _CL100K_PATTERN,
+    ),
+}
+
+_cache: dict[str, tiktoken.Encoding] = {}
+_lock = threading.Lock()
+
+
+def get_encoding(name: str = "o200k_base") -> tiktoken.Encoding:
+    """Load (once) and return a bundled encoding; raises KeyError for unknown names."""
+    enc = _cache.get(name)
+    if enc is not None:
+        return enc
+    sha256, specials, pattern = ENCODINGS[name]
+    with _lock:
+        enc = _cache.get(name)
+        if enc is None:
+            ranks = load_tiktoken_bpe(str(DATA_DIR / f"{name}.tiktoken"), expected_hash=sha256)
+            enc = tiktoken.Encoding(
+                name=name, pat_str=pattern, mergeable_ranks=ranks, special_tokens=specials
+            )
+            # The Rust core holds its own copy of the ranks; the Python dict the
+            # Encoding keeps (only for pickling) is ~27 MiB of 200k small objects.
+            enc._mergeable_ranks = {}
+            del ranks
+            _cache[name] = enc
+    return enc
+
+
+def count_text(text: str, encoding: str = "o200k_base") -> int:
+    if not text:
+        return 0
+    return len(get_encoding(encoding).encode_ordinary(text))
+
+
+def _content_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"
+        )
+    return ""
+
+
+def count_chat_input(body: dict[str, Any], encoding: str = "o200k_base") -> int:
+    """Prompt tokens of a chat request, by OpenAI's published per-message rule
+    (3 tokens per message, 1 per name, 3 to prime the reply), plus tool
+    definitions serialised as JSON. Images are not counted here."""
+    import orjson
+
+    enc = get_encoding(encoding)
+    total = 3
+    for msg in body.get("messages") or ():
+        if not isinstance(msg, dict):
+            continue
+        total += 3
+        total += len(enc.encode_ordinary(_content_text(msg.get("content"))))
+        if msg.get("name"):
+            total += 1 + len(enc.encode_ordinary(str(msg["name"])))
+        if msg.get("tool_calls"):
+            total += len(enc.encode_ordinary(orjson.dumps(msg["tool_calls"]).decode()))
+    if body.get("tools"):
+        total += len(enc.encode_ordinary(orjson.dumps(body["tools"]).decode()))
+    return total
+
+
+def count_embedding_input(inp: Any, encoding: str = "o200k_base") -> int:
+    if isinstance(inp, str):
+        return count_text(inp, encoding)
+    if isinstance(inp, list):
+        if inp and all(isinstance(x, int) for x in inp):
+            return len(inp)
+        return sum(count_embedding_input(x, encoding) for x in inp)
+    return 0
+
+
+async def count_locally(
+    body: dict[str, Any], output_text: str, encoding: str = "o200k_base"
+) -> tuple[int, int]:
+    """(input, output) tokens of a chat exchange, counted on a worker thread."""
+
+    def work() -> tuple[int, int]:
+        return count_chat_input(body, encoding), count_text(output_text, encoding)
+
+    return await asyncio.to_thread(work)
+
+
+async def count_embedding_locally(inp: Any, encoding: str = "o200k_base") -> int:
+    """Input tokens of an embeddings request, counted on a worker thread (the first
+    count in a process loads the encoding, ~0.5 s, which must not stall the loop)."""
+    return await asyncio.to_thread(count_embedding_input, inp, encoding)

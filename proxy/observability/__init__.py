@@ -1,0 +1,2 @@
+"""What the gateway tells its operators: `logs` (structlog JSON lines, batched per
+event-loop iteration)."""

@@ -1,0 +1,119 @@
+"""Sending a request to an OpenAI-compatible upstream.
+
+A pass-through: the request body keeps every field the client sent, only
+`model` becomes the deployment's upstream name, and streams get
+`stream_options.include_usage = true` so that usage is always reported. The
+upstream gets the deployment's own key, never the client's. One shared
+`aiohttp.ClientSession` per process keeps connections alive. The answer goes
+back as one of `proxy.providers.openai.replies`, or a `FailedReply`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+import orjson
+from yarl import URL
+
+from proxy.config.model import Deployment
+from proxy.providers.base import (
+    ChatRequest,
+    EmbeddingsRequest,
+    FailedReply,
+    Reply,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from proxy.providers.openai.errors import upstream_error
+from proxy.providers.openai.replies import EmbeddingsReply, JsonChatReply, SseChatReply, read_all
+
+
+class _Prepared:
+    """What a request needs per deployment and endpoint that never changes: built once."""
+
+    __slots__ = ("deployment", "headers", "timeout", "urls")
+
+    def __init__(self, deployment: Deployment) -> None:
+        self.deployment = deployment  # held so that the id() key stays this object's
+        headers = {"Content-Type": "application/json"}
+        if deployment.api_key:
+            headers["Authorization"] = f"Bearer {deployment.api_key}"
+        self.headers = headers
+        self.timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=10, sock_read=deployment.timeout_s
+        )
+        self.urls: dict[str, URL] = {}
+
+    def url(self, endpoint: str) -> URL:
+        url = self.urls.get(endpoint)
+        if url is None:
+            url = self.urls[endpoint] = URL(f"{self.deployment.base_url}/{endpoint}")
+        return url
+
+
+class OpenAIProvider:
+    def __init__(self) -> None:
+        self._session: aiohttp.ClientSession | None = None
+        self._prepared: dict[int, _Prepared] = {}
+
+    def _prepare(self, deployment: Deployment) -> _Prepared:
+        prep = self._prepared.get(id(deployment))
+        if prep is None or prep.deployment is not deployment:
+            prep = self._prepared[id(deployment)] = _Prepared(deployment)
+        return prep
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=60),
+                skip_auto_headers=("User-Agent",),
+            )
+        return self._session
+
+    async def _post(
+        self, deployment: Deployment, endpoint: str, body: dict[str, Any]
+    ) -> aiohttp.ClientResponse:
+        prep = self._prepare(deployment)
+        try:
+            return await self._get_session().post(
+                prep.url(endpoint), data=orjson.dumps(body), headers=prep.headers,
+                timeout=prep.timeout,
+            )
+        except asyncio.TimeoutError as exc:
+            raise UpstreamTimeout() from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamUnavailable(str(exc) or type(exc).__name__) from exc
+
+    @staticmethod
+    async def _failed(resp: aiohttp.ClientResponse) -> FailedReply:
+        retry_after = resp.headers.get("Retry-After")
+        raw = await read_all(resp)
+        return FailedReply(resp.status, upstream_error(resp.status, raw, retry_after), retry_after)
+
+    async def chat(self, deployment: Deployment, request: ChatRequest) -> Reply:
+        body = dict(request.body)
+        body["model"] = deployment.model
+        if request.stream:
+            opts = body.get("stream_options")
+            body["stream_options"] = {**(opts if isinstance(opts, dict) else {}),
+                                      "include_usage": True}
+        resp = await self._post(deployment, "chat/completions", body)
+        if resp.status >= 400:
+            return await self._failed(resp)
+        if request.stream:
+            return SseChatReply(resp, request.alias, request.include_usage)
+        return JsonChatReply(resp, request.alias)
+
+    async def embeddings(self, deployment: Deployment, request: EmbeddingsRequest) -> Reply:
+        body = dict(request.body)
+        body["model"] = deployment.model
+        resp = await self._post(deployment, "embeddings", body)
+        if resp.status >= 400:
+            return await self._failed(resp)
+        return EmbeddingsReply(resp, request.alias)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()

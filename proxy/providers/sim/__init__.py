@@ -1,0 +1,7 @@
+"""Provider `sim`: the built-in simulator. `engine` decides what a model would
+answer and when, `provider` serves it in-process, `server` over HTTP
+(`prometheus-gateway sim`)."""
+
+from proxy.providers.sim.provider import SimProvider
+
+__all__ = ["SimProvider"]

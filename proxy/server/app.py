@@ -1,0 +1,82 @@
+"""The aiohttp application: routes wired to their handlers, and what a process
+opens at start and closes at stop.
+
+Built by `proxy.server.lifecycle.run_worker` (and the tests). Start-up opens the
+SQLite file, loads the key mirror (`proxy.auth.key_table`), starts the usage
+writer (`proxy.usage`), builds the providers, and leaves all of it in one
+`GatewayState` that the middleware and the handlers read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from aiohttp import web
+
+from proxy import storage
+from proxy.admin import api as admin
+from proxy.api import chat, embeddings, health, models
+from proxy.auth.key_table import KeyTable
+from proxy.config.model import GatewayConfig
+from proxy.http.middleware import gateway_middleware
+from proxy.observability.logs import get_logger
+from proxy.providers import build_providers
+from proxy.server.state import STATE, GatewayState
+from proxy.server.tuning import tune_memory
+from proxy.usage.writer import UsageWriter
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/healthz", health.healthz)
+    app.router.add_post("/v1/chat/completions", chat.chat_completions)
+    app.router.add_post("/v1/embeddings", embeddings.create_embeddings)
+    app.router.add_get("/v1/models", models.list_models)
+    app.router.add_get("/v1/models/{model_id}", models.get_model)
+    app.router.add_post("/admin/keys", admin.create_key)
+    app.router.add_get("/admin/keys", admin.list_keys)
+    app.router.add_post("/admin/keys/{key_id}/revoke", admin.revoke_key)
+    app.router.add_get("/admin/usage", admin.usage)
+
+
+def build_app(config: GatewayConfig) -> web.Application:
+    app = web.Application(middlewares=[gateway_middleware], client_max_size=config.max_body_bytes)
+    add_routes(app)
+    background: list[asyncio.Task[None]] = []
+
+    async def startup(app: web.Application) -> None:
+        db = await storage.connect_async(config.db_path)
+        keys = KeyTable(db)
+        await keys.start()
+        usage = UsageWriter(config.journal_dir, db, config.db_path)
+        usage.start()
+        app[STATE] = GatewayState(
+            config=config,
+            routes=config.routes,
+            providers=build_providers(),
+            keys=keys,
+            usage=usage,
+            db=db,
+            admin_key=os.environ.get("PROMETHEUS_ADMIN_KEY") or None,
+            log=get_logger(),
+        )
+
+    async def start_tuning(app: web.Application) -> None:
+        task = tune_memory()
+        if task is not None:
+            background.append(task)
+
+    async def cleanup(app: web.Application) -> None:
+        for task in background:
+            task.cancel()
+        state = app[STATE]
+        await state.keys.stop()
+        await state.usage.close()
+        for provider in state.providers.values():
+            await provider.close()
+        await state.db.close()
+
+    app.on_startup.append(startup)
+    app.on_startup.append(start_tuning)
+    app.on_cleanup.append(cleanup)
+    return app

@@ -1,0 +1,30 @@
+"""What one gateway process holds while it serves: built at start by
+`proxy.server.app.build_app`, read by the middleware and the handlers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import aiosqlite
+from aiohttp import web
+from structlog.typing import FilteringBoundLogger
+
+from proxy.auth.key_table import KeyTable
+from proxy.config.model import AliasRoute, GatewayConfig
+from proxy.providers.base import Provider
+from proxy.usage.writer import UsageWriter
+
+
+@dataclass(slots=True)
+class GatewayState:
+    config: GatewayConfig
+    routes: dict[str, AliasRoute]
+    providers: dict[str, Provider]
+    keys: KeyTable
+    usage: UsageWriter
+    db: aiosqlite.Connection
+    admin_key: str | None
+    log: FilteringBoundLogger
+
+
+STATE: web.AppKey[GatewayState] = web.AppKey("gateway_state", GatewayState)
