@@ -17,6 +17,9 @@ run: install
 	$(BIN)/prometheus-gateway serve
 
 test: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy --strict proxy
 	$(BIN)/pytest -q
 
 bench: install

@@ -562,4 +562,4 @@ def rewrite_model(body: bytes, alias_json: bytes) -> tuple[bytes, bytes | None] 
         parts.append(alias_json)
         last = close
     parts.append(body[last:])
-    return b"".join(parts), (None if usage is None else body[usage[0]:usage[1]])
+    return b"".join(parts), (None if usage is None else body[usage[0] : usage[1]])

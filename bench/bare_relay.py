@@ -25,8 +25,10 @@ def build_app(upstream: str) -> web.Application:
 
     async def start(app: web.Application) -> None:
         app["session"] = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0), auto_decompress=False,
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10))
+            connector=aiohttp.TCPConnector(limit=0),
+            auto_decompress=False,
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
+        )
 
     async def stop(app: web.Application) -> None:
         await app["session"].close()
@@ -57,14 +59,22 @@ def main() -> None:
     p = argparse.ArgumentParser(description="bare aiohttp relay (benchmark reference)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=18081)
-    p.add_argument("--upstream", required=True, help="upstream base URL, e.g. http://127.0.0.1:18090/v1")
+    p.add_argument(
+        "--upstream", required=True, help="upstream base URL, e.g. http://127.0.0.1:18090/v1"
+    )
     a = p.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     import uvloop
 
-    web.run_app(build_app(a.upstream), host=a.host, port=a.port, print=None,
-                access_log=None, loop=uvloop.new_event_loop())
+    web.run_app(
+        build_app(a.upstream),
+        host=a.host,
+        port=a.port,
+        print=None,
+        access_log=None,
+        loop=uvloop.new_event_loop(),
+    )
 
 
 if __name__ == "__main__":

@@ -55,6 +55,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # ---------------------------------------------------------------- processes
 
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -88,12 +89,19 @@ class Procs:
         self.logdir = logdir
         self.procs: list[tuple[str, subprocess.Popen[bytes]]] = []
 
-    def start(self, name: str, cmd: list[str], env: dict[str, str] | None = None
-              ) -> subprocess.Popen[bytes]:
+    def start(
+        self, name: str, cmd: list[str], env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         log = open(self.logdir / f"{name}.log", "wb")
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True,
-                                env=env, preexec_fn=_raise_nofile)
+        proc = subprocess.Popen(
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env=env,
+            preexec_fn=_raise_nofile,
+        )
         log.close()
         self.procs.append((name, proc))
         return proc
@@ -149,6 +157,7 @@ def wait_healthz(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) 
 
 # ---------------------------------------------------------------- /proc probes
 
+
 def tree_pids(pid: int) -> list[int]:
     """pid and all its descendants."""
     children: dict[int, list[int]] = {}
@@ -160,7 +169,7 @@ def tree_pids(pid: int) -> list[int]:
                 stat = f.read()
         except OSError:
             continue
-        ppid = int(stat[stat.rfind(b")") + 2:].split()[1])
+        ppid = int(stat[stat.rfind(b")") + 2 :].split()[1])
         children.setdefault(ppid, []).append(int(entry))
     out, todo = [], [pid]
     while todo:
@@ -217,15 +226,40 @@ def established(port: int) -> int:
 
 # ---------------------------------------------------------------- load runs
 
-def loadgen(base_url: str, *, api_key: str = "", model: str = ALIAS, concurrency: int,
-            duration: float | None = None, requests: int | None = None, stream: bool = False,
-            max_tokens: int = 60, warmup: float = 0.0, timeout: float = 30.0,
-            watch: list[int] | None = None) -> dict:
+
+def loadgen(
+    base_url: str,
+    *,
+    api_key: str = "",
+    model: str = ALIAS,
+    concurrency: int,
+    duration: float | None = None,
+    requests: int | None = None,
+    stream: bool = False,
+    max_tokens: int = 60,
+    warmup: float = 0.0,
+    timeout: float = 30.0,
+    watch: list[int] | None = None,
+) -> dict:
     """One bench/loadgen.py run in its own process. Adds the client's CPU
     seconds, and each watched server PID's CPU seconds, to the result."""
-    cmd = [sys.executable, str(LOADGEN), "--base-url", base_url, "--model", model,
-           "--concurrency", str(concurrency), "--max-tokens", str(max_tokens),
-           "--warmup", str(warmup), "--timeout", str(timeout), "--json"]
+    cmd = [
+        sys.executable,
+        str(LOADGEN),
+        "--base-url",
+        base_url,
+        "--model",
+        model,
+        "--concurrency",
+        str(concurrency),
+        "--max-tokens",
+        str(max_tokens),
+        "--warmup",
+        str(warmup),
+        "--timeout",
+        str(timeout),
+        "--json",
+    ]
     if api_key:
         cmd += ["--api-key", api_key]
     if stream:
@@ -238,22 +272,33 @@ def loadgen(base_url: str, *, api_key: str = "", model: str = ALIAS, concurrency
     try:
         done = subprocess.run(cmd, capture_output=True, timeout=limit)
     except subprocess.TimeoutExpired:  # run() has killed it
-        return {"requests_ok": 0, "requests_per_s": 0.0, "errors": None,
-                "latency_ms": {}, "ttft_ms": {}, "client_cpu_s": None, "server_cpu_s": None,
-                "error_messages": {f"loadgen killed after {limit:.0f} s": 1}}
+        return {
+            "requests_ok": 0,
+            "requests_per_s": 0.0,
+            "errors": None,
+            "latency_ms": {},
+            "ttft_ms": {},
+            "client_cpu_s": None,
+            "server_cpu_s": None,
+            "error_messages": {f"loadgen killed after {limit:.0f} s": 1},
+        }
     after = [cpu_s(p) for p in watch]
     after_children = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode not in (0, 1) or not done.stdout.strip():
         raise RuntimeError(f"loadgen failed ({done.returncode}): {done.stderr.decode()[-800:]}")
     res = json.loads(done.stdout)
     res["warmup_s"] = warmup
-    res["client_cpu_s"] = round((after_children.ru_utime + after_children.ru_stime)
-                                - (before_children.ru_utime + before_children.ru_stime), 3)
-    res["server_cpu_s"] = round(sum(a - b for a, b in zip(after, before)), 3)
+    res["client_cpu_s"] = round(
+        (after_children.ru_utime + after_children.ru_stime)
+        - (before_children.ru_utime + before_children.ru_stime),
+        3,
+    )
+    res["server_cpu_s"] = round(sum(a - b for a, b in zip(after, before, strict=True)), 3)
     return res
 
 
 # ---------------------------------------------------------------- report
+
 
 def fmt(v: object, nd: int = 1) -> str:
     if v is None:
@@ -292,8 +337,10 @@ def print_table(results: dict[str, dict[str, dict]], targets: list[str]) -> None
         return None if cpu is None or not el else 100.0 * cpu / (el + wu)
 
     rows: list[tuple[str, list[float | None], int]] = []
-    for scn, label in (("nonstream64", "(a) non-stream, 64 clients"),
-                       ("stream64", "(b) stream 60 chunks, 64 clients")):
+    for scn, label in (
+        ("nonstream64", "(a) non-stream, 64 clients"),
+        ("stream64", "(b) stream 60 chunks, 64 clients"),
+    ):
         unit = "streams/s" if scn == "stream64" else "requests/s"
         rows.append((f"{label}: {unit}", [get(scn, t, "requests_per_s") for t in targets], 0))
         rows.append(("    latency p50 ms", [get(scn, t, "latency_ms", "p50") for t in targets], 1))
@@ -301,41 +348,78 @@ def print_table(results: dict[str, dict[str, dict]], targets: list[str]) -> None
         if scn == "stream64":
             rows.append(("    TTFT p50 ms", [get(scn, t, "ttft_ms", "p50") for t in targets], 1))
             rows.append(("    TTFT p99 ms", [get(scn, t, "ttft_ms", "p99") for t in targets], 1))
-            rows.append(("    chunks/stream (mean)",
-                         [get(scn, t, "chunks_per_stream", "mean") for t in targets], 1))
-        rows.append(("    server CPU ms per request (see note)", [per_req_ms(scn, t) for t in targets], 3))
+            rows.append(
+                (
+                    "    chunks/stream (mean)",
+                    [get(scn, t, "chunks_per_stream", "mean") for t in targets],
+                    1,
+                )
+            )
+        rows.append(
+            ("    server CPU ms per request (see note)", [per_req_ms(scn, t) for t in targets], 3)
+        )
         rows.append(("    errors", [get(scn, t, "errors") for t in targets], 0))
         rows.append(("    client CPU, % of one core", [client_pct(scn, t) for t in targets], 0))
-    rows.append(("(c) 1 client non-stream: latency p50 ms",
-                 [get("nonstream1", t, "latency_ms", "p50") for t in targets], 2))
-    rows.append(("(c) 1 client stream: latency p50 ms",
-                 [get("stream1", t, "latency_ms", "p50") for t in targets], 2))
-    rows.append(("(c) 1 client stream: TTFT p50 ms",
-                 [get("stream1", t, "ttft_ms", "p50") for t in targets], 2))
+    rows.append(
+        (
+            "(c) 1 client non-stream: latency p50 ms",
+            [get("nonstream1", t, "latency_ms", "p50") for t in targets],
+            2,
+        )
+    )
+    rows.append(
+        (
+            "(c) 1 client stream: latency p50 ms",
+            [get("stream1", t, "latency_ms", "p50") for t in targets],
+            2,
+        )
+    )
+    rows.append(
+        (
+            "(c) 1 client stream: TTFT p50 ms",
+            [get("stream1", t, "ttft_ms", "p50") for t in targets],
+            2,
+        )
+    )
 
     w = 44
     print()
     print(f"{'':{w}}" + "".join(f"{t:>12}" for t in targets))
     for label, vals, nd in rows:
-        print(f"{label:{w}}" + "".join(f"{fmt(v if nd else (None if v is None else round(v)), nd):>12}"
-                                       for v in vals))
+        print(
+            f"{label:{w}}"
+            + "".join(
+                f"{fmt(v if nd else (None if v is None else round(v)), nd):>12}" for v in vals
+            )
+        )
 
-    print("note: server CPU is the process under test only (direct: the simulator itself;"
-          " relay, gateway: without the simulator behind them).")
+    print(
+        "note: server CPU is the process under test only (direct: the simulator itself;"
+        " relay, gateway: without the simulator behind them)."
+    )
     print()
     if "gateway" in targets:
         print("gateway / relay ratios:")
-        print(f"  requests/s (a)  {ratio(get('nonstream64', 'gateway', 'requests_per_s'), get('nonstream64', 'relay', 'requests_per_s'))}")
-        print(f"  streams/s  (b)  {ratio(get('stream64', 'gateway', 'requests_per_s'), get('stream64', 'relay', 'requests_per_s'))}")
+        for label, scenario in (("requests/s (a)", "nonstream64"), ("streams/s  (b)", "stream64")):
+            gateway_rate = get(scenario, "gateway", "requests_per_s")
+            relay_rate = get(scenario, "relay", "requests_per_s")
+            print(f"  {label}  {ratio(gateway_rate, relay_rate)}")
     print("added at 1 client, p50, vs direct (ms):")
     for t in targets:
         if t == "direct":
             continue
-        lat = diff(get("nonstream1", t, "latency_ms", "p50"), get("nonstream1", "direct", "latency_ms", "p50"))
-        slat = diff(get("stream1", t, "latency_ms", "p50"), get("stream1", "direct", "latency_ms", "p50"))
+        lat = diff(
+            get("nonstream1", t, "latency_ms", "p50"),
+            get("nonstream1", "direct", "latency_ms", "p50"),
+        )
+        slat = diff(
+            get("stream1", t, "latency_ms", "p50"), get("stream1", "direct", "latency_ms", "p50")
+        )
         ttft = diff(get("stream1", t, "ttft_ms", "p50"), get("stream1", "direct", "ttft_ms", "p50"))
-        print(f"  {t:8} non-stream latency {fmt(lat, 2):>6}   stream latency {fmt(slat, 2):>6}"
-              f"   TTFT {fmt(ttft, 2):>6}")
+        print(
+            f"  {t:8} non-stream latency {fmt(lat, 2):>6}   stream latency {fmt(slat, 2):>6}"
+            f"   TTFT {fmt(ttft, 2):>6}"
+        )
     for scn in ("nonstream64", "stream64", "nonstream1", "stream1"):
         for t in targets:
             msgs = results.get(scn, {}).get(t, {}).get("error_messages") or {}
@@ -345,6 +429,7 @@ def print_table(results: dict[str, dict[str, dict]], targets: list[str]) -> None
 
 # ---------------------------------------------------------------- main
 
+
 def write_config(tmp: Path, gw_port: int, sim_port: int, slow_port: int) -> Path:
     cfg = tmp / "bench.toml"
     cfg.write_text(f"""\
@@ -353,7 +438,7 @@ host = "127.0.0.1"
 port = {gw_port}
 
 [storage]
-path = "{tmp / 'bench.db'}"
+path = "{tmp / "bench.db"}"
 
 [[models.{ALIAS}.deployments]]
 provider = "openai"
@@ -372,27 +457,64 @@ model = "sim-model-slow"
 
 def sim_command(gw: list[str] | None, port: int, tps: float) -> list[str]:
     if gw is not None:
-        return gw + ["sim", "--host", "127.0.0.1", "--port", str(port),
-                     "--ttft-ms", "0", "--tokens-per-second", str(tps)]
+        return gw + [
+            "sim",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--ttft-ms",
+            "0",
+            "--tokens-per-second",
+            str(tps),
+        ]
     # Fallback while the CLI is not installed: the simulator module itself.
-    return [sys.executable, "-c",
-            "import sys; from proxy.providers.sim.server import run_sim; "
-            f"run_sim('127.0.0.1', {port}, 0.0, {float(tps)})"]
+    return [
+        sys.executable,
+        "-c",
+        "import sys; from proxy.providers.sim.server import run_sim; "
+        f"run_sim('127.0.0.1', {port}, 0.0, {float(tps)})",
+    ]
 
 
-def memory_phase(gw_proc: subprocess.Popen[bytes], gw_port: int, slow_port: int, key: str,
-                 streams: int, tps: float, waves: int = 2) -> dict:
+def memory_phase(
+    gw_proc: subprocess.Popen[bytes],
+    gw_port: int,
+    slow_port: int,
+    key: str,
+    streams: int,
+    tps: float,
+    waves: int = 2,
+) -> dict:
     open_s = 60 / tps if tps > 0 else 0
     out: dict = {"streams": streams, "tokens_per_second": tps, "waves": []}
     out["rss_before_kb"] = rss_kb(gw_proc.pid)
-    print(f"\nmemory: {streams} concurrent streams through the gateway, each open ~{open_s:.0f} s "
-          f"(slow sim at {tps} tokens/s); gateway RSS before: {out['rss_before_kb'] / 1024:.1f} MiB",
-          flush=True)
+    print(
+        f"\nmemory: {streams} concurrent streams through the gateway, each open ~{open_s:.0f} s "
+        f"(slow sim at {tps} tokens/s); gateway RSS before: {out['rss_before_kb'] / 1024:.1f} MiB",
+        flush=True,
+    )
     for wave in range(1, waves + 1):
-        cmd = [sys.executable, str(LOADGEN), "--base-url", f"http://127.0.0.1:{gw_port}/v1",
-               "--api-key", key, "--model", SLOW_ALIAS, "--concurrency", str(streams),
-               "--requests", str(streams), "--stream", "--max-tokens", "60",
-               "--timeout", str(max(60.0, 4 * open_s)), "--json"]
+        cmd = [
+            sys.executable,
+            str(LOADGEN),
+            "--base-url",
+            f"http://127.0.0.1:{gw_port}/v1",
+            "--api-key",
+            key,
+            "--model",
+            SLOW_ALIAS,
+            "--concurrency",
+            str(streams),
+            "--requests",
+            str(streams),
+            "--stream",
+            "--max-tokens",
+            "60",
+            "--timeout",
+            str(max(60.0, 4 * open_s)),
+            "--json",
+        ]
         client = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         peak_open = peak_up = 0
         peak_rss = rss_at_full = 0
@@ -417,38 +539,60 @@ def memory_phase(gw_proc: subprocess.Popen[bytes], gw_port: int, slow_port: int,
         try:
             res = json.loads(stdout)
         except (json.JSONDecodeError, ValueError):
-            res = {"requests_ok": 0, "errors": None, "error_messages": {"loadgen": stderr.decode()[-300:]}}
+            res = {
+                "requests_ok": 0,
+                "errors": None,
+                "error_messages": {"loadgen": stderr.decode()[-300:]},
+            }
         time.sleep(5)
         after = rss_kb(gw_proc.pid)
-        w = {"wave": wave, "peak_open_client_conns": peak_open,
-             "peak_open_upstream_conns": peak_up, "rss_peak_kb": peak_rss,
-             "rss_at_peak_open_kb": rss_at_full, "rss_5s_after_kb": after,
-             "ok": res.get("requests_ok"), "errors": res.get("errors"),
-             "error_messages": res.get("error_messages"),
-             "ttft_ms_p50": (res.get("ttft_ms") or {}).get("p50"),
-             "latency_ms_p50": (res.get("latency_ms") or {}).get("p50"),
-             "chunks_mean": (res.get("chunks_per_stream") or {}).get("mean")}
+        w = {
+            "wave": wave,
+            "peak_open_client_conns": peak_open,
+            "peak_open_upstream_conns": peak_up,
+            "rss_peak_kb": peak_rss,
+            "rss_at_peak_open_kb": rss_at_full,
+            "rss_5s_after_kb": after,
+            "ok": res.get("requests_ok"),
+            "errors": res.get("errors"),
+            "error_messages": res.get("error_messages"),
+            "ttft_ms_p50": (res.get("ttft_ms") or {}).get("p50"),
+            "latency_ms_p50": (res.get("latency_ms") or {}).get("p50"),
+            "chunks_mean": (res.get("chunks_per_stream") or {}).get("mean"),
+        }
         out["waves"].append(w)
-        print(f"  wave {wave}: open at peak {peak_open} client / {peak_up} upstream conns; "
-              f"{w['ok']} ok, {w['errors']} errors; stream p50 {fmt(w['latency_ms_p50'], 0)} ms; "
-              f"RSS peak {peak_rss / 1024:.1f} MiB, 5 s after {after / 1024:.1f} MiB", flush=True)
+        print(
+            f"  wave {wave}: open at peak {peak_open} client / {peak_up} upstream conns; "
+            f"{w['ok']} ok, {w['errors']} errors; stream p50 {fmt(w['latency_ms_p50'], 0)} ms; "
+            f"RSS peak {peak_rss / 1024:.1f} MiB, 5 s after {after / 1024:.1f} MiB",
+            flush=True,
+        )
         for m, n in (w["error_messages"] or {}).items():
             print(f"    error x{n}: {m}")
     return out
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description="direct vs bare relay vs gateway",
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__)
+    p = argparse.ArgumentParser(
+        description="direct vs bare relay vs gateway",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
     p.add_argument("--duration", type=float, default=10.0, help="seconds per 64-client run")
     p.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each run")
     p.add_argument("--concurrency", type=int, default=64)
-    p.add_argument("--quick", action="store_true",
-                   help="3 s runs, 200-stream memory phase (a smoke test, not a measurement)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="3 s runs, 200-stream memory phase (a smoke test, not a measurement)",
+    )
     p.add_argument("--mem-streams", type=int, default=None, help="default 1000 (200 with --quick)")
-    p.add_argument("--slow-tps", type=float, default=5.0,
-                   help="slow simulator's tokens/s for the memory phase (60 tokens -> 60/tps s open)")
+    p.add_argument(
+        "--slow-tps",
+        type=float,
+        default=5.0,
+        help="slow simulator's tokens/s for the memory phase (60 tokens -> 60/tps s open)",
+    )
     p.add_argument("--no-memory", action="store_true", help="skip the memory phase")
     p.add_argument("--no-gateway", action="store_true", help="only direct vs relay")
     p.add_argument("--memory-only", action="store_true", help="skip the throughput runs")
@@ -464,20 +608,36 @@ def main() -> int:
     gw = gateway_command()
     use_gateway = not a.no_gateway and gw is not None
     if gw is None and not a.no_gateway:
-        print("note: `prometheus-gateway` not found next to this Python and `proxy.cli` not "
-              "importable: measuring direct vs relay only", flush=True)
+        print(
+            "note: `prometheus-gateway` not found next to this Python and `proxy.cli` not "
+            "importable: measuring direct vs relay only",
+            flush=True,
+        )
 
     tmp = Path(tempfile.mkdtemp(prefix="prom-bench-"))
     procs = Procs(tmp)
-    all_results: dict = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
-                         "duration_s": a.duration, "concurrency": a.concurrency}
+    all_results: dict = {
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "duration_s": a.duration,
+        "concurrency": a.concurrency,
+    }
     try:
         sim_port, slow_port, relay_port, gw_port = (free_port() for _ in range(4))
         env = dict(os.environ)
         sim = procs.start("sim", sim_command(gw, sim_port, 0), env)
         wait_port(sim_port, sim, "simulator")
-        relay = procs.start("relay", [sys.executable, str(RELAY), "--port", str(relay_port),
-                                      "--upstream", f"http://127.0.0.1:{sim_port}/v1"], env)
+        relay = procs.start(
+            "relay",
+            [
+                sys.executable,
+                str(RELAY),
+                "--port",
+                str(relay_port),
+                "--upstream",
+                f"http://127.0.0.1:{sim_port}/v1",
+            ],
+            env,
+        )
         wait_port(relay_port, relay, "relay")
 
         targets: dict[str, tuple[str, str, str, int]] = {
@@ -491,24 +651,45 @@ def main() -> int:
             wait_port(slow_port, slow, "slow simulator")
             cfg = write_config(tmp, gw_port, sim_port, slow_port)
             gw_env = {k: v for k, v in env.items() if not k.startswith("PROMETHEUS_")}
-            made = subprocess.run(gw + ["keys", "create", "--name", "bench", "--config", str(cfg),
-                                        "--json"], capture_output=True, env=gw_env, timeout=60)
+            made = subprocess.run(
+                gw + ["keys", "create", "--name", "bench", "--config", str(cfg), "--json"],
+                capture_output=True,
+                env=gw_env,
+                timeout=60,
+            )
             if made.returncode != 0:
                 raise RuntimeError(f"keys create failed: {made.stderr.decode()[-800:]}")
             text = made.stdout.decode()
-            key = json.JSONDecoder().raw_decode(text[text.index("{"):])[0]["key"]
-            gw_proc = procs.start("gateway", gw + ["serve", "--config", str(cfg), "--host",
-                                                   "127.0.0.1", "--port", str(gw_port),
-                                                   "--workers", "1"], gw_env)
+            key = json.JSONDecoder().raw_decode(text[text.index("{") :])[0]["key"]
+            gw_proc = procs.start(
+                "gateway",
+                gw
+                + [
+                    "serve",
+                    "--config",
+                    str(cfg),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(gw_port),
+                    "--workers",
+                    "1",
+                ],
+                gw_env,
+            )
             wait_healthz(gw_port, gw_proc)
             all_results["gateway_rss_idle_kb"] = rss_kb(gw_proc.pid)
             targets["gateway"] = (f"http://127.0.0.1:{gw_port}/v1", key, ALIAS, gw_proc.pid)
 
         names = list(targets)
-        print(f"machine: {os.cpu_count()} CPUs shared by client, simulator and the server under "
-              f"test; {a.duration:g} s per run after {a.warmup:g} s warm-up", flush=True)
+        print(
+            f"machine: {os.cpu_count()} CPUs shared by client, simulator and the server under "
+            f"test; {a.duration:g} s per run after {a.warmup:g} s warm-up",
+            flush=True,
+        )
         if gw_proc is not None:
-            print(f"gateway pid {gw_proc.pid}, idle RSS {all_results['gateway_rss_idle_kb'] / 1024:.1f} MiB")
+            idle_mib = all_results["gateway_rss_idle_kb"] / 1024
+            print(f"gateway pid {gw_proc.pid}, idle RSS {idle_mib:.1f} MiB")
         scenarios = [
             ("nonstream64", dict(concurrency=a.concurrency, stream=False, duration=a.duration)),
             ("stream64", dict(concurrency=a.concurrency, stream=True, duration=a.duration)),
@@ -516,29 +697,40 @@ def main() -> int:
             ("stream1", dict(concurrency=1, stream=True, duration=max(2.0, a.duration / 2))),
         ]
         results: dict[str, dict[str, dict]] = {}
-        for scn, kw in ([] if a.memory_only else scenarios):
+        for scn, kw in [] if a.memory_only else scenarios:
             results[scn] = {}
             for name in names:
                 url, k, model, pid = targets[name]
                 r = loadgen(url, api_key=k, model=model, warmup=a.warmup, watch=[pid], **kw)
                 results[scn][name] = r
-                extra = f" TTFT p50 {fmt(r.get('ttft_ms', {}).get('p50'), 2)}" if kw["stream"] else ""
-                print(f"  {scn:12} {name:8} {r['requests_per_s']:>10,.1f}/s  p50 "
-                      f"{fmt(r['latency_ms']['p50'], 2)} ms{extra}  errors {r['errors']}  "
-                      f"(client CPU {r['client_cpu_s']} s, server CPU {r['server_cpu_s']} s)",
-                      flush=True)
+                extra = (
+                    f" TTFT p50 {fmt(r.get('ttft_ms', {}).get('p50'), 2)}" if kw["stream"] else ""
+                )
+                print(
+                    f"  {scn:12} {name:8} {r['requests_per_s']:>10,.1f}/s  p50 "
+                    f"{fmt(r['latency_ms']['p50'], 2)} ms{extra}  errors {r['errors']}  "
+                    f"(client CPU {r['client_cpu_s']} s, server CPU {r['server_cpu_s']} s)",
+                    flush=True,
+                )
         all_results["runs"] = results
         if results:
             print_table(results, names)
 
         if gw_proc is not None and not a.no_memory:
-            all_results["memory"] = memory_phase(gw_proc, gw_port, slow_port, key, mem_streams,
-                                                 a.slow_tps)
+            all_results["memory"] = memory_phase(
+                gw_proc, gw_port, slow_port, key, mem_streams, a.slow_tps
+            )
             m = all_results["memory"]
-            print("\ngateway RSS (MiB): idle {:.1f}, before {:.1f}, ".format(
-                all_results["gateway_rss_idle_kb"] / 1024, m["rss_before_kb"] / 1024)
-                + ", ".join(f"wave {w['wave']} peak {w['rss_peak_kb'] / 1024:.1f} / after "
-                            f"{w['rss_5s_after_kb'] / 1024:.1f}" for w in m["waves"]))
+            print(
+                "\ngateway RSS (MiB): idle {:.1f}, before {:.1f}, ".format(
+                    all_results["gateway_rss_idle_kb"] / 1024, m["rss_before_kb"] / 1024
+                )
+                + ", ".join(
+                    f"wave {w['wave']} peak {w['rss_peak_kb'] / 1024:.1f} / after "
+                    f"{w['rss_5s_after_kb'] / 1024:.1f}"
+                    for w in m["waves"]
+                )
+            )
         if a.json_out:
             Path(a.json_out).write_text(json.dumps(all_results, indent=2))
         return 0

@@ -33,7 +33,7 @@ STREAM_FILE = ROOT / "tests" / "data" / "stream_60.sse"
 def load_impls() -> dict[str, Callable[[str, bool], object]]:
     """Both twins; the compiled one may be missing (then it is reported, not benched)."""
     try:  # prefer the installed package; fall back to the source tree
-        import _fastpath  # noqa: F401
+        import _fastpath  # noqa: F401 - only whether it imports matters here
     except ImportError:
         sys.path.insert(0, str(ROOT))
     from _fastpath import _sse_py
@@ -52,7 +52,7 @@ def cut_random(stream: bytes, rng: random.Random, largest: int = 512) -> list[by
     pieces, i = [], 0
     while i < len(stream):
         n = rng.randint(1, largest)
-        pieces.append(stream[i:i + n])
+        pieces.append(stream[i : i + n])
         i += n
     return pieces
 
@@ -90,9 +90,11 @@ def main() -> None:
         "random": cut_random(stream, rng),
         "per-event": cut_per_event(stream),
     }
-    print(f"stream: {STREAM_FILE.relative_to(ROOT)}, {len(stream)} bytes, {events} events; "
-          f"{args.streams} streams x {args.rounds} rounds (best), "
-          f"PROMETHEUS_NO_EXTENSIONS={os.environ.get('PROMETHEUS_NO_EXTENSIONS', '')!r}")
+    print(
+        f"stream: {STREAM_FILE.relative_to(ROOT)}, {len(stream)} bytes, {events} events; "
+        f"{args.streams} streams x {args.rounds} rounds (best), "
+        f"PROMETHEUS_NO_EXTENSIONS={os.environ.get('PROMETHEUS_NO_EXTENSIONS', '')!r}"
+    )
     for name, pieces in cuttings.items():
         rates: dict[str, float] = {}
         for impl, make in impls.items():
@@ -103,8 +105,10 @@ def main() -> None:
             finally:
                 gc.enable()
             rates[impl] = events * args.streams / best
-            print(f"  {name:<9} ({len(pieces):>3} pieces) {impl:>2}: "
-                  f"{rates[impl]:>12,.0f} events/s  ({best / args.streams * 1e6:7.1f} us/stream)")
+            print(
+                f"  {name:<9} ({len(pieces):>3} pieces) {impl:>2}: "
+                f"{rates[impl]:>12,.0f} events/s  ({best / args.streams * 1e6:7.1f} us/stream)"
+            )
         if "c" in rates:
             print(f"  {name:<9} ratio c/py: {rates['c'] / rates['py']:.1f}x")
 

@@ -42,6 +42,7 @@ try:
     def _dumps(obj: object) -> bytes:
         return orjson.dumps(obj)
 except ImportError:  # pragma: no cover - orjson is a gateway dependency
+
     def _dumps(obj: object) -> bytes:
         return json.dumps(obj, separators=(",", ":")).encode()
 
@@ -97,8 +98,14 @@ def build_body(args: argparse.Namespace) -> bytes:
     return _dumps(body)
 
 
-async def one_request(session: aiohttp.ClientSession, url: str, body: bytes,
-                      headers: dict[str, str], stream: bool, stats: Stats) -> None:
+async def one_request(
+    session: aiohttp.ClientSession,
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    stream: bool,
+    stats: Stats,
+) -> None:
     t0 = time.perf_counter()
     try:
         async with session.post(url, data=body, headers=headers) as resp:
@@ -128,7 +135,7 @@ async def one_request(session: aiohttp.ClientSession, url: str, body: bytes,
                     if cut < 0:
                         carry = buf
                         continue
-                    lines, carry = buf[: cut + 1], buf[cut + 1:]
+                    lines, carry = buf[: cut + 1], buf[cut + 1 :]
                 found = len(_CONTENT.findall(lines))
                 if found:
                     if ttft is None:
@@ -137,7 +144,7 @@ async def one_request(session: aiohttp.ClientSession, url: str, body: bytes,
                 if _DONE in lines:
                     done = True
                 if failed is None and b'{"error"' in lines and _ERROR_EVENT.search(lines):
-                    failed = lines[lines.find(b'{"error"'):][:160].decode(errors="replace")
+                    failed = lines[lines.find(b'{"error"') :][:160].decode(errors="replace")
             latency = (time.perf_counter() - t0) * 1000.0
             stats.bytes_in += size
             if failed is not None:
@@ -151,7 +158,7 @@ async def one_request(session: aiohttp.ClientSession, url: str, body: bytes,
                 stats.ttfts.append(ttft)
             stats.chunks.append(n_content)
             stats.ok += 1
-    except asyncio.TimeoutError:
+    except TimeoutError:
         stats.error("timeout")
     except aiohttp.ClientError as exc:
         stats.error(f"{type(exc).__name__}: {exc}")
@@ -159,10 +166,16 @@ async def one_request(session: aiohttp.ClientSession, url: str, body: bytes,
         stats.error(f"{type(exc).__name__}: {exc}")
 
 
-async def run_phase(session: aiohttp.ClientSession, args: argparse.Namespace, url: str,
-                    body: bytes, headers: dict[str, str], duration: float | None,
-                    requests: int | None, cancel_at_deadline: bool = False
-                    ) -> tuple[Stats, float]:
+async def run_phase(
+    session: aiohttp.ClientSession,
+    args: argparse.Namespace,
+    url: str,
+    body: bytes,
+    headers: dict[str, str],
+    duration: float | None,
+    requests: int | None,
+    cancel_at_deadline: bool = False,
+) -> tuple[Stats, float]:
     """Run N closed-loop clients until `duration` seconds or `requests` requests."""
     stats = Stats()
     remaining = [requests] if requests is not None else None
@@ -207,16 +220,20 @@ def summarize(stats: Stats, elapsed: float, args: argparse.Namespace) -> dict[st
         "errors": stats.errors,
         "error_messages": stats.error_kinds,
         "requests_per_s": round(stats.ok / elapsed, 2) if elapsed > 0 else 0.0,
-        "latency_ms": {"p50": r(percentile(stats.latencies, 50)),
-                       "p90": r(percentile(stats.latencies, 90)),
-                       "p99": r(percentile(stats.latencies, 99)),
-                       "max": r(max(stats.latencies) if stats.latencies else None)},
+        "latency_ms": {
+            "p50": r(percentile(stats.latencies, 50)),
+            "p90": r(percentile(stats.latencies, 90)),
+            "p99": r(percentile(stats.latencies, 99)),
+            "max": r(max(stats.latencies) if stats.latencies else None),
+        },
         "bytes_in": stats.bytes_in,
     }
     if args.stream:
-        result["ttft_ms"] = {"p50": r(percentile(stats.ttfts, 50)),
-                             "p90": r(percentile(stats.ttfts, 90)),
-                             "p99": r(percentile(stats.ttfts, 99))}
+        result["ttft_ms"] = {
+            "p50": r(percentile(stats.ttfts, 50)),
+            "p90": r(percentile(stats.ttfts, 90)),
+            "p99": r(percentile(stats.ttfts, 99)),
+        }
         result["chunks_per_stream"] = {
             "min": min(stats.chunks) if stats.chunks else None,
             "mean": round(sum(stats.chunks) / len(stats.chunks), 2) if stats.chunks else None,
@@ -228,8 +245,10 @@ def summarize(stats: Stats, elapsed: float, args: argparse.Namespace) -> dict[st
 def print_report(res: dict[str, object]) -> None:
     lat = res["latency_ms"]
     kind = "streams" if res["stream"] else "requests"
-    print(f"target       {res['base_url']}  ({res['endpoint']}, model {res['model']}, "
-          f"{'stream' if res['stream'] else 'non-stream'})")
+    print(
+        f"target       {res['base_url']}  ({res['endpoint']}, model {res['model']}, "
+        f"{'stream' if res['stream'] else 'non-stream'})"
+    )
     print(f"clients      {res['concurrency']}   elapsed {res['elapsed_s']} s")
     print(f"completed    {res['requests_ok']} {kind}   errors {res['errors']}")
     print(f"throughput   {res['requests_per_s']} {kind}/s")
@@ -251,37 +270,51 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
     if args.api_key:
         headers["Authorization"] = f"Bearer {args.api_key}"
     body = build_body(args)
-    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, force_close=False,
-                                     ttl_dns_cache=None)
+    connector = aiohttp.TCPConnector(
+        limit=0, limit_per_host=0, force_close=False, ttl_dns_cache=None
+    )
     timeout = aiohttp.ClientTimeout(total=args.timeout)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout,
-                                     auto_decompress=False, skip_auto_headers=("User-Agent",)
-                                     ) as session:
+    async with aiohttp.ClientSession(
+        connector=connector,
+        timeout=timeout,
+        auto_decompress=False,
+        skip_auto_headers=("User-Agent",),
+    ) as session:
         if args.warmup > 0:
-            await run_phase(session, args, url, body, headers, args.warmup, None,
-                            cancel_at_deadline=True)
+            await run_phase(
+                session, args, url, body, headers, args.warmup, None, cancel_at_deadline=True
+            )
         duration = args.duration
         if args.requests is None and duration is None:
             duration = 10.0
-        stats, elapsed = await run_phase(session, args, url, body, headers, duration,
-                                         args.requests)
+        stats, elapsed = await run_phase(session, args, url, body, headers, duration, args.requests)
     return summarize(stats, elapsed, args)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--base-url", default="http://127.0.0.1:8080/v1",
-                   help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8080/v1")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--base-url",
+        default="http://127.0.0.1:8080/v1",
+        help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8080/v1",
+    )
     p.add_argument("--api-key", default="", help="sent as 'Authorization: Bearer KEY'")
     p.add_argument("--model", default="prometheus-lite")
     p.add_argument("--endpoint", choices=("chat", "embeddings"), default="chat")
     p.add_argument("--concurrency", "-c", type=int, default=16, help="clients = connections")
     bound = p.add_mutually_exclusive_group()
-    bound.add_argument("--duration", "-d", type=float, default=None,
-                       help="seconds to run (default 10 unless --requests)")
-    bound.add_argument("--requests", "-n", type=int, default=None,
-                       help="total requests to send, then stop")
+    bound.add_argument(
+        "--duration",
+        "-d",
+        type=float,
+        default=None,
+        help="seconds to run (default 10 unless --requests)",
+    )
+    bound.add_argument(
+        "--requests", "-n", type=int, default=None, help="total requests to send, then stop"
+    )
     p.add_argument("--stream", action="store_true", help="chat with stream=true")
     p.add_argument("--max-tokens", type=int, default=60)
     p.add_argument("--prompt", default="Say something about gateways.")
@@ -310,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     _raise_nofile()
     try:
         import uvloop
+
         runner = uvloop.run
     except ImportError:  # pragma: no cover
         runner = asyncio.run

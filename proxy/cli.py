@@ -16,9 +16,9 @@ import orjson
 
 from proxy import storage
 from proxy.auth import keys
-from proxy.usage import report as usage_report
 from proxy.config.load import ConfigError, load_config
 from proxy.config.model import GatewayConfig
+from proxy.usage import report as usage_report
 
 
 def _print_json(value: Any) -> None:
@@ -48,16 +48,19 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
     models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
     conn = storage.connect(_config(args).db_path)
     try:
-        created = keys.create_key(conn, args.name, rpm=args.rpm, tpm=args.tpm,
-                                  budget_usd=args.budget_usd, models=models)
+        created = keys.create_key(
+            conn, args.name, rpm=args.rpm, tpm=args.tpm, budget_usd=args.budget_usd, models=models
+        )
     finally:
         conn.close()
     if args.json:
         _print_json(created)
     else:
         print(created["key"])
-        print(f"id: {created['id']}  name: {created['name']}  (the key is shown only once)",
-              file=sys.stderr)
+        print(
+            f"id: {created['id']}  name: {created['name']}  (the key is shown only once)",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -73,8 +76,10 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
     print(f"{'id':<22} {'name':<20} {'prefix':<14} {'status':<8} models")
     for r in rows:
         status = "revoked" if r["revoked"] else "active"
-        print(f"{r['id']:<22} {r['name'][:20]:<20} {r['key_prefix']:<14} {status:<8} "
-              f"{','.join(r['models']) if r['models'] else 'all'}")
+        print(
+            f"{r['id']:<22} {r['name'][:20]:<20} {r['key_prefix']:<14} {status:<8} "
+            f"{','.join(r['models']) if r['models'] else 'all'}"
+        )
     return 0
 
 
@@ -100,16 +105,20 @@ def cmd_usage(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(rows)
         return 0
-    header = (f"{'period':<11} {'key_id':<21} {'model':<18} {'reqs':>6} {'errs':>5} "
-              f"{'in_tok':>9} {'out_tok':>9} {'audio_s':>8} {'cost_usd':>11} {'p50_ms':>8} "
-              f"{'ttft_p50':>8}")
+    header = (
+        f"{'period':<11} {'key_id':<21} {'model':<18} {'reqs':>6} {'errs':>5} "
+        f"{'in_tok':>9} {'out_tok':>9} {'audio_s':>8} {'cost_usd':>11} {'p50_ms':>8} "
+        f"{'ttft_p50':>8}"
+    )
     print(header)
     for r in rows:
         lat = f"{r['latency_ms_p50']:.1f}" if r["latency_ms_p50"] is not None else "-"
         ttft = f"{r['ttft_ms_p50']:.1f}" if r["ttft_ms_p50"] is not None else "-"
-        print(f"{r['period']:<11} {r['key_id']:<21} {r['model']:<18} {r['requests']:>6} "
-              f"{r['errors']:>5} {r['input_tokens']:>9} {r['output_tokens']:>9} "
-              f"{r['audio_seconds']:>8.1f} {r['cost_usd']:>11.6f} {lat:>8} {ttft:>8}")
+        print(
+            f"{r['period']:<11} {r['key_id']:<21} {r['model']:<18} {r['requests']:>6} "
+            f"{r['errors']:>5} {r['input_tokens']:>9} {r['output_tokens']:>9} "
+            f"{r['audio_seconds']:>8.1f} {r['cost_usd']:>11.6f} {lat:>8} {ttft:>8}"
+        )
     if not rows:
         print("(no usage yet)")
     return 0
@@ -123,13 +132,15 @@ def cmd_sim(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="prometheus-gateway",
-                                     description="OpenAI-compatible LLM gateway")
+    parser = argparse.ArgumentParser(
+        prog="prometheus-gateway", description="OpenAI-compatible LLM gateway"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--config", help="TOML config file (default: $PROMETHEUS_CONFIG or "
-                       "./prometheus.toml)")
+        p.add_argument(
+            "--config", help="TOML config file (default: $PROMETHEUS_CONFIG or ./prometheus.toml)"
+        )
         return p
 
     serve = with_config(sub.add_parser("serve", help="run the gateway"))
@@ -162,13 +173,13 @@ def build_parser() -> argparse.ArgumentParser:
     usage.add_argument("--json", action="store_true")
     usage.set_defaults(func=cmd_usage)
 
-    sim = sub.add_parser("sim", help="serve the simulator as a standalone OpenAI-compatible "
-                         "upstream")
+    sim = sub.add_parser(
+        "sim", help="serve the simulator as a standalone OpenAI-compatible upstream"
+    )
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=int, default=9000)
     sim.add_argument("--ttft-ms", type=float, default=0.0)
-    sim.add_argument("--tokens-per-second", type=float, default=0.0,
-                     help="0 = as fast as possible")
+    sim.add_argument("--tokens-per-second", type=float, default=0.0, help="0 = as fast as possible")
     sim.set_defaults(func=cmd_sim)
     return parser
 

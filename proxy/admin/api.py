@@ -16,17 +16,21 @@ from aiohttp import web
 from proxy import storage
 from proxy.auth import keys
 from proxy.http import errors
-from proxy.usage import report as usage_report
-from proxy.http.errors import GatewayError
 from proxy.http.bodies import json_response, read_json_body
+from proxy.http.errors import GatewayError
 from proxy.server.state import STATE, GatewayState
+from proxy.usage import report as usage_report
 
 
 def _check_admin(request: web.Request) -> GatewayState:
     state = request.app[STATE]
     if state.admin_key is None:
-        raise GatewayError(403, "The admin API is disabled: set PROMETHEUS_ADMIN_KEY.",
-                           type="permission_error", code="admin_disabled")
+        raise GatewayError(
+            403,
+            "The admin API is disabled: set PROMETHEUS_ADMIN_KEY.",
+            type="permission_error",
+            code="admin_disabled",
+        )
     header = request.headers.get("Authorization", "")
     token = header[7:].strip() if header[:7].lower() == "bearer " else ""
     if not token:
@@ -69,11 +73,14 @@ async def create_key(request: web.Request) -> web.Response:
     models = body.get("models")
     if isinstance(models, str):
         models = [m for m in models.split(",") if m]
-    if models is not None and (not isinstance(models, list)
-                               or not all(isinstance(m, str) for m in models)):
+    if models is not None and (
+        not isinstance(models, list) or not all(isinstance(m, str) for m in models)
+    ):
         raise errors.invalid_param("models", "'models' must be a list of aliases.")
-    created = await _in_db(state, lambda c: keys.create_key(
-        c, name, rpm=rpm, tpm=tpm, budget_usd=budget, models=models))
+    created = await _in_db(
+        state,
+        lambda c: keys.create_key(c, name, rpm=rpm, tpm=tpm, budget_usd=budget, models=models),
+    )
     await state.keys.refresh()
     return json_response(created)
 

@@ -57,8 +57,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         return await provider.chat(dep, chat)
 
     resp = sse_response(request["rid"])
-    async with Meter(state.usage, request, route, ENDPOINT, chat.stream,
-                     chat_counter(chat.body)) as meter:
+    async with Meter(
+        state.usage, request, route, ENDPOINT, chat.stream, chat_counter(chat.body)
+    ) as meter:
         reply, dep = await call_upstream(state.providers, route, call)
         meter.attach(dep, reply)
         if not chat.stream:

@@ -28,8 +28,10 @@ def _valid_input(inp: Any) -> bool:
         return False
     if all(isinstance(x, int) for x in inp):
         return True
-    return all(isinstance(x, str) or (isinstance(x, list) and x and
-                                      all(isinstance(t, int) for t in x)) for x in inp)
+    return all(
+        isinstance(x, str) or (isinstance(x, list) and x and all(isinstance(t, int) for t in x))
+        for x in inp
+    )
 
 
 def parse_embeddings(body: dict[str, Any]) -> EmbeddingsRequest:
@@ -42,8 +44,9 @@ def parse_embeddings(body: dict[str, Any]) -> EmbeddingsRequest:
         )
     fmt = body.get("encoding_format")
     if fmt is not None and fmt not in ("float", "base64"):
-        raise errors.invalid_param("encoding_format",
-                                   "'encoding_format' must be 'float' or 'base64'.")
+        raise errors.invalid_param(
+            "encoding_format", "'encoding_format' must be 'float' or 'base64'."
+        )
     return EmbeddingsRequest(alias, body)
 
 
@@ -62,8 +65,9 @@ async def create_embeddings(request: web.Request) -> web.Response:
     async def call(provider: Provider, dep: Deployment) -> Reply:
         return await provider.embeddings(dep, emb)
 
-    async with Meter(state.usage, request, route, "embeddings", False,
-                     input_counter(emb.body["input"])) as meter:
+    async with Meter(
+        state.usage, request, route, "embeddings", False, input_counter(emb.body["input"])
+    ) as meter:
         reply, dep = await call_upstream(state.providers, route, call)
         meter.attach(dep, reply)
         payload = await read_body(reply)

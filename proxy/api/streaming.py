@@ -46,8 +46,16 @@ async def relay_stream(
         reply.close()
         code = "upstream_timeout" if isinstance(exc, UpstreamTimeout) else "upstream_disconnected"
         await meter.settle(502, code)
-        message = orjson.dumps({"error": {"message": "The upstream stream broke off.",
-                                          "type": "api_error", "param": None, "code": code}})
+        message = orjson.dumps(
+            {
+                "error": {
+                    "message": "The upstream stream broke off.",
+                    "type": "api_error",
+                    "param": None,
+                    "code": code,
+                }
+            }
+        )
         try:
             await resp.write(b"data: " + message + b"\n\n")
             await resp.write_eof()

@@ -12,6 +12,7 @@ import hashlib
 import secrets
 import sqlite3
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,7 +42,7 @@ def new_plain_key() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(32)
 
 
-def row_to_info(row: tuple[Any, ...]) -> KeyInfo:
+def row_to_info(row: Sequence[Any]) -> KeyInfo:
     kid, name, key_hash, revoked_at, rpm, tpm, budget, models = row
     return KeyInfo(
         id=kid,

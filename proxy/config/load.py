@@ -81,7 +81,9 @@ def _parse_models(
         raw_deps = spec.get("deployments")
         if raw_deps is None:
             if base is None:
-                raise ConfigError(f"models.{alias}: a new alias needs [[models.{alias}.deployments]]")
+                raise ConfigError(
+                    f"models.{alias}: a new alias needs [[models.{alias}.deployments]]"
+                )
             deps = base.deployments
         else:
             if not isinstance(raw_deps, list) or not raw_deps:
@@ -136,7 +138,9 @@ def load_config(path: str | None = None, env: dict[str, str] | None = None) -> G
         host=str(server.get("host", catalogue.DEFAULT_HOST)),
         port=int(server.get("port", catalogue.DEFAULT_PORT)),
         workers=int(server.get("workers", 1)),
-        max_body_bytes=int(float(server.get("max_body_mb", catalogue.DEFAULT_MAX_BODY_MB)) * 1024 * 1024),
+        max_body_bytes=int(
+            float(server.get("max_body_mb", catalogue.DEFAULT_MAX_BODY_MB)) * 1024 * 1024
+        ),
         db_path=db_path.resolve(),
         routes=routes,
         source=str(cfg_path) if cfg_path else "built-in defaults",

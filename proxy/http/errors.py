@@ -103,7 +103,10 @@ def bad_json(detail: str) -> GatewayError:
 
 def missing_param(param: str) -> GatewayError:
     return GatewayError(
-        400, f"Missing required parameter: '{param}'.", code="missing_required_parameter", param=param
+        400,
+        f"Missing required parameter: '{param}'.",
+        code="missing_required_parameter",
+        param=param,
     )
 
 
@@ -121,7 +124,9 @@ def body_too_large(limit: int) -> GatewayError:
 
 def upstream_unavailable(detail: str) -> GatewayError:
     return GatewayError(
-        502, f"The upstream provider is unavailable: {detail}", type="api_error",
+        502,
+        f"The upstream provider is unavailable: {detail}",
+        type="api_error",
         code="upstream_unavailable",
     )
 
@@ -129,4 +134,10 @@ def upstream_unavailable(detail: str) -> GatewayError:
 def upstream_timeout() -> GatewayError:
     return GatewayError(
         504, "The upstream provider timed out.", type="api_error", code="upstream_timeout"
+    )
+
+
+def internal_error() -> GatewayError:
+    return GatewayError(
+        500, "The gateway failed to handle the request.", type="api_error", code="internal_error"
     )

@@ -46,6 +46,11 @@ def _http_error(exc: web.HTTPException, max_body_bytes: int) -> GatewayError:
     return GatewayError(exc.status, exc.text or exc.reason, type=kind)
 
 
+def _error_response(request: web.Request, err: GatewayError) -> web.Response:
+    request["error"] = err.code
+    return err.response()
+
+
 @web.middleware
 async def gateway_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     state = request.app[STATE]
@@ -64,19 +69,13 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
         request["error"] = request.get("error") or "client_disconnected"
         log_request(state, request, 499)
         raise
-    except GatewayError as err:
-        response = err.response()
-        request["error"] = err.code
+    except GatewayError as refusal:
+        response = _error_response(request, refusal)
     except web.HTTPException as exc:
-        err = _http_error(exc, state.config.max_body_bytes)
-        response = err.response()
-        request["error"] = err.code
+        response = _error_response(request, _http_error(exc, state.config.max_body_bytes))
     except Exception:  # a bug must still answer in OpenAI's shape
         state.log.exception("unhandled", request_id=rid)
-        err = GatewayError(500, "The gateway failed to handle the request.", type="api_error",
-                           code="internal_error")
-        response = err.response()
-        request["error"] = err.code
+        response = _error_response(request, errors.internal_error())
     if not response.prepared:  # a handler that streams sets it itself, before prepare()
         response.headers["x-request-id"] = rid
     log_request(state, request, response.status)
@@ -88,19 +87,31 @@ def log_request(state: GatewayState, request: web.Request, status: int) -> None:
     usage = request.get("usage")
     if usage is not None:
         state.log.info(
-            "request", request_id=usage["request_id"], key_id=usage["key_id"],
-            model=usage["model"], deployment=usage["deployment"], status=usage["status"],
-            stream=bool(usage["stream"]), input_tokens=usage["input_tokens"],
-            output_tokens=usage["output_tokens"], latency_ms=usage["latency_ms"],
-            ttft_ms=usage["ttft_ms"], usage_source=usage["usage_source"], error=usage["error"],
+            "request",
+            request_id=usage["request_id"],
+            key_id=usage["key_id"],
+            model=usage["model"],
+            deployment=usage["deployment"],
+            status=usage["status"],
+            stream=bool(usage["stream"]),
+            input_tokens=usage["input_tokens"],
+            output_tokens=usage["output_tokens"],
+            latency_ms=usage["latency_ms"],
+            ttft_ms=usage["ttft_ms"],
+            usage_source=usage["usage_source"],
+            error=usage["error"],
         )
         return
     if request.path == "/healthz":
         return
     key = request.get("key")
     state.log.info(
-        "request", request_id=request["rid"], key_id=key.id if key else None,
-        method=request.method, path=request.path, status=status,
+        "request",
+        request_id=request["rid"],
+        key_id=key.id if key else None,
+        method=request.method,
+        path=request.path,
+        status=status,
         latency_ms=round((time.perf_counter() - request["t0"]) * 1000.0, 3),
         error=request.get("error"),
     )

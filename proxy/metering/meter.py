@@ -39,8 +39,17 @@ LocalCount = Callable[[Deployment, str], Awaitable[tuple[int, int]]]
 
 
 class Meter:
-    __slots__ = ("_writer", "_request", "_route", "_endpoint", "_stream", "_count",
-                 "deployment", "reply", "record")
+    __slots__ = (
+        "_writer",
+        "_request",
+        "_route",
+        "_endpoint",
+        "_stream",
+        "_count",
+        "deployment",
+        "reply",
+        "record",
+    )
 
     def __init__(
         self,

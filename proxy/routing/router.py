@@ -14,9 +14,7 @@ from proxy.config.model import AliasRoute, Deployment
 from proxy.http import errors
 
 
-def resolve_route(
-    routes: dict[str, AliasRoute], key: KeyInfo, alias: str, kind: str
-) -> AliasRoute:
+def resolve_route(routes: dict[str, AliasRoute], key: KeyInfo, alias: str, kind: str) -> AliasRoute:
     route = routes.get(alias)
     if route is None:
         raise errors.unknown_model(alias)

@@ -16,9 +16,9 @@ import signal
 from aiohttp import web
 
 from proxy import storage
-from proxy.server.app import build_app
 from proxy.config.model import GatewayConfig
 from proxy.observability.logs import configure_logging, get_logger
+from proxy.server.app import build_app
 from proxy.server.supervisor import supervise
 from proxy.usage.replay import replay_journals
 
@@ -36,8 +36,13 @@ def _announce(config: GatewayConfig) -> None:
         )
     else:
         providers = sorted({d.provider for r in config.routes.values() for d in r.deployments})
-        log.info("startup", message="serving aliases", config=config.source, providers=providers,
-                 defaults_from=config.upstream_source)
+        log.info(
+            "startup",
+            message="serving aliases",
+            config=config.source,
+            providers=providers,
+            defaults_from=config.upstream_source,
+        )
 
 
 def _replay(config: GatewayConfig) -> None:
@@ -77,8 +82,12 @@ def serve(config: GatewayConfig) -> None:
     _announce(config)
     _replay(config)
     log = get_logger()
-    log.info("listening", url=f"http://{config.host}:{config.port}/v1", workers=config.workers,
-             pid=os.getpid())
+    log.info(
+        "listening",
+        url=f"http://{config.host}:{config.port}/v1",
+        workers=config.workers,
+        pid=os.getpid(),
+    )
     if config.workers <= 1:
         run_worker(config, reuse_port=False)
         return

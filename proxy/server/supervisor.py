@@ -20,12 +20,12 @@ from collections.abc import Callable
 from proxy.config.model import GatewayConfig
 from proxy.observability.logs import get_logger
 
-
 WorkerMain = Callable[[GatewayConfig, bool], None]
 
 
 def supervise(config: GatewayConfig, run_worker: WorkerMain) -> None:
-    """Run N forked workers, each `run_worker(config, reuse_port=True)`; start a new one when one dies, until SIGTERM/SIGINT."""
+    """Run N forked workers, each `run_worker(config, reuse_port=True)`; start a new
+    one when one dies, until SIGTERM/SIGINT."""
     ctx = multiprocessing.get_context("fork")
     log = get_logger()
     stopping = False

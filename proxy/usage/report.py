@@ -34,13 +34,24 @@ def query_usage(
         args = (key_id,)
     sql += " ORDER BY period, r.key_id, r.model"
     groups: dict[tuple[str, str, str], dict[str, Any]] = {}
-    for kid, model, period, status, tin, tout, audio, cost, lat, ttft, name in conn.execute(sql, args):
+    for kid, model, period, status, tin, tout, audio, cost, lat, ttft, name in conn.execute(
+        sql, args
+    ):
         row = groups.get((kid, model, period))
         if row is None:
             row = groups[(kid, model, period)] = {
-                "key_id": kid, "key_name": name, "model": model, "period": period,
-                "requests": 0, "errors": 0, "input_tokens": 0, "output_tokens": 0,
-                "audio_seconds": 0.0, "cost_usd": 0.0, "_lat": [], "_ttft": [],
+                "key_id": kid,
+                "key_name": name,
+                "model": model,
+                "period": period,
+                "requests": 0,
+                "errors": 0,
+                "input_tokens": 0,
+                "output_tokens": 0,
+                "audio_seconds": 0.0,
+                "cost_usd": 0.0,
+                "_lat": [],
+                "_ttft": [],
             }
         row["requests"] += 1
         row["errors"] += status >= 400

@@ -29,14 +29,28 @@ def upstream_error(status: int, raw: bytes, retry_after: str | None) -> GatewayE
         pass
     if status == 429:
         headers = {"Retry-After": retry_after} if retry_after else None
-        return GatewayError(429, message, type=str(kind or "rate_limit_error"),
-                            code=str(code or "rate_limit_exceeded"), headers=headers)
+        return GatewayError(
+            429,
+            message,
+            type=str(kind or "rate_limit_error"),
+            code=str(code or "rate_limit_exceeded"),
+            headers=headers,
+        )
     if status in (401, 403):
-        return GatewayError(502, "The upstream provider rejected the gateway's credentials.",
-                            type="api_error", code="upstream_auth_failed")
+        return GatewayError(
+            502,
+            "The upstream provider rejected the gateway's credentials.",
+            type="api_error",
+            code="upstream_auth_failed",
+        )
     if status >= 500:
-        return GatewayError(502, f"The upstream provider failed: {message}", type="api_error",
-                            code="upstream_error")
-    return GatewayError(status, message, type=str(kind or "invalid_request_error"),
-                        code=None if code is None else str(code),
-                        param=None if param is None else str(param))
+        return GatewayError(
+            502, f"The upstream provider failed: {message}", type="api_error", code="upstream_error"
+        )
+    return GatewayError(
+        status,
+        message,
+        type=str(kind or "invalid_request_error"),
+        code=None if code is None else str(code),
+        param=None if param is None else str(param),
+    )

@@ -10,7 +10,6 @@ back as one of `proxy.providers.openai.replies`, or a `FailedReply`.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import aiohttp
@@ -78,10 +77,12 @@ class OpenAIProvider:
         prep = self._prepare(deployment)
         try:
             return await self._get_session().post(
-                prep.url(endpoint), data=orjson.dumps(body), headers=prep.headers,
+                prep.url(endpoint),
+                data=orjson.dumps(body),
+                headers=prep.headers,
                 timeout=prep.timeout,
             )
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             raise UpstreamTimeout() from exc
         except aiohttp.ClientError as exc:
             raise UpstreamUnavailable(str(exc) or type(exc).__name__) from exc
@@ -97,8 +98,10 @@ class OpenAIProvider:
         body["model"] = deployment.model
         if request.stream:
             opts = body.get("stream_options")
-            body["stream_options"] = {**(opts if isinstance(opts, dict) else {}),
-                                      "include_usage": True}
+            body["stream_options"] = {
+                **(opts if isinstance(opts, dict) else {}),
+                "include_usage": True,
+            }
         resp = await self._post(deployment, "chat/completions", body)
         if resp.status >= 400:
             return await self._failed(resp)

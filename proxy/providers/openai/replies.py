@@ -10,7 +10,6 @@ when the client did not ask for it), piece by piece as it arrives.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -54,7 +53,7 @@ def message_text(choice: Any) -> str:
 async def read_all(resp: aiohttp.ClientResponse) -> bytes:
     try:
         return await resp.read()
-    except asyncio.TimeoutError as exc:
+    except TimeoutError as exc:
         raise UpstreamTimeout() from exc
     except aiohttp.ClientError as exc:
         raise UpstreamUnavailable(str(exc) or type(exc).__name__) from exc
@@ -138,7 +137,7 @@ class SseChatReply(_HttpReply):
                     if rewriter.done:
                         self._end()
                     yield out
-        except asyncio.TimeoutError as exc:
+        except TimeoutError as exc:
             raise UpstreamTimeout() from exc
         except aiohttp.ClientError as exc:
             raise UpstreamUnavailable(str(exc) or type(exc).__name__) from exc

@@ -29,14 +29,58 @@ from typing import Any
 
 import orjson
 
-
 WORDS = (
-    " the", " gateway", " model", " answers", " quickly", " and", " every", " token", " is",
-    " metered", " per", " key", " with", " care", " so", " teams", " can", " see", " what",
-    " they", " spend", " on", " each", " request", " while", " latency", " stays", " low",
-    " for", " voice", " agents", " that", " need", " a", " fast", " first", " reply", " from",
-    " stable", " aliases", " which", " never", " change", " as", " the", " family", " improves",
-    " over", " time", " in", " production",
+    " the",
+    " gateway",
+    " model",
+    " answers",
+    " quickly",
+    " and",
+    " every",
+    " token",
+    " is",
+    " metered",
+    " per",
+    " key",
+    " with",
+    " care",
+    " so",
+    " teams",
+    " can",
+    " see",
+    " what",
+    " they",
+    " spend",
+    " on",
+    " each",
+    " request",
+    " while",
+    " latency",
+    " stays",
+    " low",
+    " for",
+    " voice",
+    " agents",
+    " that",
+    " need",
+    " a",
+    " fast",
+    " first",
+    " reply",
+    " from",
+    " stable",
+    " aliases",
+    " which",
+    " never",
+    " change",
+    " as",
+    " the",
+    " family",
+    " improves",
+    " over",
+    " time",
+    " in",
+    " production",
 )
 DEFAULT_REPLY_TOKENS = 24
 DEFAULT_DIMENSIONS = 1536
@@ -53,8 +97,16 @@ class SimError(Exception):
         self.param = param
 
     def body(self) -> bytes:
-        return orjson.dumps({"error": {"message": self.message, "type": "invalid_request_error",
-                                       "param": self.param, "code": None}})
+        return orjson.dumps(
+            {
+                "error": {
+                    "message": self.message,
+                    "type": "invalid_request_error",
+                    "param": self.param,
+                    "code": None,
+                }
+            }
+        )
 
 
 def _text_of(content: Any) -> tuple[str, int]:
@@ -126,8 +178,16 @@ def _pieces(text: str, size: int = 4) -> list[str]:
 class ChatPlan:
     """What the simulator will answer to one chat request."""
 
-    __slots__ = ("content_pieces", "tool_name", "finish_reason", "prompt_tokens", "call_id",
-                 "pieces_sent", "first_content_at", "finished")
+    __slots__ = (
+        "content_pieces",
+        "tool_name",
+        "finish_reason",
+        "prompt_tokens",
+        "call_id",
+        "pieces_sent",
+        "first_content_at",
+        "finished",
+    )
 
     def __init__(self, body: dict[str, Any]) -> None:
         # progress of a stream of this plan: read by the provider's reply
@@ -199,14 +259,20 @@ def validate_chat(body: dict[str, Any]) -> None:
 
 
 def chat_completion(plan: ChatPlan, model: str) -> dict[str, Any]:
-    message: dict[str, Any] = {"role": "assistant", "content": None, "refusal": None,
-                               "annotations": []}
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": None,
+        "refusal": None,
+        "annotations": [],
+    }
     if plan.tool_name is not None:
-        message["tool_calls"] = [{
-            "id": plan.call_id,
-            "type": "function",
-            "function": {"name": plan.tool_name, "arguments": "".join(plan.content_pieces)},
-        }]
+        message["tool_calls"] = [
+            {
+                "id": plan.call_id,
+                "type": "function",
+                "function": {"name": plan.tool_name, "arguments": "".join(plan.content_pieces)},
+            }
+        ]
     else:
         message["content"] = "".join(plan.content_pieces)
     return {
@@ -214,8 +280,9 @@ def chat_completion(plan: ChatPlan, model: str) -> dict[str, Any]:
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [{"index": 0, "message": message, "logprobs": None,
-                     "finish_reason": plan.finish_reason}],
+        "choices": [
+            {"index": 0, "message": message, "logprobs": None, "finish_reason": plan.finish_reason}
+        ],
         "usage": plan.usage(),
         "service_tier": "default",
         "system_fingerprint": "fp_sim",
@@ -227,21 +294,39 @@ async def chat_stream(
 ) -> AsyncIterator[bytes]:
     """The SSE bytes of a streamed reply, paced like a real model. The plan's
     `pieces_sent`, `first_content_at` and `finished` follow its progress."""
-    head = orjson.dumps({
-        "id": "chatcmpl-sim" + secrets.token_hex(12),
-        "object": "chat.completion.chunk",
-        "created": int(time.time()),
-        "model": model,
-        "system_fingerprint": "fp_sim",
-    })[:-1] + b',"choices":[{"index":0,"delta":'
-    tail = b',"logprobs":null,"finish_reason":null}]' + (b',"usage":null' if include_usage else b"") + b"}\n\n"
+    head = (
+        orjson.dumps(
+            {
+                "id": "chatcmpl-sim" + secrets.token_hex(12),
+                "object": "chat.completion.chunk",
+                "created": int(time.time()),
+                "model": model,
+                "system_fingerprint": "fp_sim",
+            }
+        )[:-1]
+        + b',"choices":[{"index":0,"delta":'
+    )
+    tail = (
+        b',"logprobs":null,"finish_reason":null}]'
+        + (b',"usage":null' if include_usage else b"")
+        + b"}\n\n"
+    )
     start = time.monotonic()
     if ttft_ms > 0:
         await asyncio.sleep(ttft_ms / 1000.0)
     if plan.tool_name is not None:
-        first = {"role": "assistant", "content": None, "tool_calls": [{
-            "index": 0, "id": plan.call_id, "type": "function",
-            "function": {"name": plan.tool_name, "arguments": ""}}]}
+        first = {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "index": 0,
+                    "id": plan.call_id,
+                    "type": "function",
+                    "function": {"name": plan.tool_name, "arguments": ""},
+                }
+            ],
+        }
         yield b"data: " + head + orjson.dumps(first) + tail
         piece_delta = b'{"tool_calls":[{"index":0,"function":{"arguments":'
         piece_end = b"}}]}"
@@ -261,10 +346,23 @@ async def chat_stream(
             plan.first_content_at = time.perf_counter()
         yield b"data: " + head + piece_delta + orjson.dumps(piece) + piece_end + tail
     finish = orjson.dumps(plan.finish_reason)
-    yield (b"data: " + head + b'{},"logprobs":null,"finish_reason":' + finish + b"}]"
-           + (b',"usage":null' if include_usage else b"") + b"}\n\n")
+    yield (
+        b"data: "
+        + head
+        + b'{},"logprobs":null,"finish_reason":'
+        + finish
+        + b"}]"
+        + (b',"usage":null' if include_usage else b"")
+        + b"}\n\n"
+    )
     if include_usage:
-        yield b"data: " + head[: head.index(b',"choices"')] + b',"choices":[],"usage":' + orjson.dumps(plan.usage()) + b"}\n\n"
+        yield (
+            b"data: "
+            + head[: head.index(b',"choices"')]
+            + b',"choices":[],"usage":'
+            + orjson.dumps(plan.usage())
+            + b"}\n\n"
+        )
     plan.finished = True
     yield b"data: [DONE]\n\n"
 
@@ -285,8 +383,9 @@ def embeddings(body: dict[str, Any], model: str) -> tuple[bytes, int]:
     elif isinstance(inp, list) and inp:
         items = inp
     else:
-        raise SimError("'input' must be a non-empty string, array of strings or token arrays",
-                       "input")
+        raise SimError(
+            "'input' must be a non-empty string, array of strings or token arrays", "input"
+        )
     dims = body.get("dimensions") or DEFAULT_DIMENSIONS
     if not isinstance(dims, int) or not 1 <= dims <= 8192:
         raise SimError("'dimensions' must be an integer between 1 and 8192", "dimensions")
@@ -309,7 +408,11 @@ def embeddings(body: dict[str, Any], model: str) -> tuple[bytes, int]:
         else:
             value = vec.tolist()
         data.append({"object": "embedding", "index": i, "embedding": value})
-    return orjson.dumps({
-        "object": "list", "data": data, "model": model,
-        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-    }), tokens
+    return orjson.dumps(
+        {
+            "object": "list",
+            "data": data,
+            "model": model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+    ), tokens

@@ -71,8 +71,13 @@ class SimProvider:
             return _refused(err)
         plan = ChatPlan(request.body)
         if request.stream:
-            stream = chat_stream(plan, request.alias, deployment.ttft_ms,
-                                 deployment.tokens_per_second, request.include_usage)
+            stream = chat_stream(
+                plan,
+                request.alias,
+                deployment.ttft_ms,
+                deployment.tokens_per_second,
+                request.include_usage,
+            )
             return SimStreamReply(plan, stream)
         delay = deployment.ttft_ms / 1000.0
         if deployment.tokens_per_second > 0:

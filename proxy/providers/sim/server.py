@@ -44,11 +44,13 @@ def build_sim_app(ttft_ms: float, tokens_per_second: float) -> web.Application:
         if body.get("stream") is True:
             opts = body.get("stream_options")
             include_usage = isinstance(opts, dict) and opts.get("include_usage") is True
-            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
-                                               "Cache-Control": "no-cache"})
+            resp = web.StreamResponse(
+                headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+            )
             await resp.prepare(request)
-            async for chunk in sim.chat_stream(plan, model, ttft_ms, tokens_per_second,
-                                               include_usage):
+            async for chunk in sim.chat_stream(
+                plan, model, ttft_ms, tokens_per_second, include_usage
+            ):
                 await resp.write(chunk)
             await resp.write_eof()
             return resp
@@ -70,9 +72,19 @@ def build_sim_app(ttft_ms: float, tokens_per_second: float) -> web.Application:
 
     async def models(request: web.Request) -> web.Response:
         return web.Response(
-            body=orjson.dumps({"object": "list", "data": [
-                {"id": "sim", "object": "model", "created": int(time.time()), "owned_by": "sim"}
-            ]}),
+            body=orjson.dumps(
+                {
+                    "object": "list",
+                    "data": [
+                        {
+                            "id": "sim",
+                            "object": "model",
+                            "created": int(time.time()),
+                            "owned_by": "sim",
+                        }
+                    ],
+                }
+            ),
             content_type="application/json",
         )
 
@@ -86,7 +98,16 @@ def build_sim_app(ttft_ms: float, tokens_per_second: float) -> web.Application:
 def run_sim(host: str, port: int, ttft_ms: float, tokens_per_second: float) -> None:
     import uvloop
 
-    print(f"simulator listening on http://{host}:{port}/v1 "
-          f"(ttft {ttft_ms} ms, {tokens_per_second or 'unlimited'} tokens/s)", flush=True)
-    web.run_app(build_sim_app(ttft_ms, tokens_per_second), host=host, port=port,
-                print=None, access_log=None, loop=uvloop.new_event_loop())
+    print(
+        f"simulator listening on http://{host}:{port}/v1 "
+        f"(ttft {ttft_ms} ms, {tokens_per_second or 'unlimited'} tokens/s)",
+        flush=True,
+    )
+    web.run_app(
+        build_sim_app(ttft_ms, tokens_per_second),
+        host=host,
+        port=port,
+        print=None,
+        access_log=None,
+        loop=uvloop.new_event_loop(),
+    )
