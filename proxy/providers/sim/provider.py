@@ -16,12 +16,12 @@ import orjson
 from proxy.config.model import Deployment
 from proxy.http.errors import GatewayError
 from proxy.providers.base import ChatRequest, EmbeddingsRequest, FailedReply, Reply, Usage
+from proxy.providers.sim.embeddings import embed
 from proxy.providers.sim.engine import (
     ChatPlan,
     SimError,
     chat_completion,
     chat_stream,
-    embeddings,
     validate_chat,
 )
 
@@ -91,7 +91,7 @@ class SimProvider:
         if deployment.ttft_ms > 0:
             await asyncio.sleep(deployment.ttft_ms / 1000.0)
         try:
-            payload, tokens = embeddings(request.body, request.alias)
+            payload, tokens = embed(request.body, request.alias)
         except SimError as err:
             return _refused(err)
         return SimBodyReply(payload, Usage(tokens, 0))

@@ -16,6 +16,7 @@ import orjson
 from aiohttp import web
 
 from proxy.providers.sim import engine as sim
+from proxy.providers.sim.embeddings import embed
 
 
 def _json_body(raw: bytes) -> dict[str, Any]:
@@ -65,7 +66,7 @@ def build_sim_app(ttft_ms: float, tokens_per_second: float) -> web.Application:
     async def embeddings(request: web.Request) -> web.Response:
         try:
             body = _json_body(await request.read())
-            payload, _ = sim.embeddings(body, str(body.get("model", "sim")))
+            payload, _ = embed(body, str(body.get("model", "sim")))
         except sim.SimError as err:
             return _refusal(err)
         return web.Response(body=payload, content_type="application/json")
