@@ -226,7 +226,10 @@ def test_healthz_needs_no_key(gateway: GatewayProcess) -> None:
 def test_admin_api(gateway: GatewayProcess) -> None:
     status, headers, body = raw_request(gateway, "/admin/keys", json.dumps({"name": "x"}).encode(),
                                         key="wrong-admin-key")
-    assert_openai_error(status, headers, body, 401, body["error"]["code"])
+    # a wrong admin bearer: 401 (CONTRACT.md), with the admin API's own code
+    assert_openai_error(status, headers, body, 401, "invalid_admin_key", "invalid_request_error")
+    status, headers, body = raw_request(gateway, "/admin/keys", json.dumps({"name": "x"}).encode())
+    assert_openai_error(status, headers, body, 401, "missing_api_key", "invalid_request_error")
     status, _, created = raw_request(gateway, "/admin/keys",
                                      json.dumps({"name": "from-admin"}).encode(), key=ADMIN_KEY)
     assert status == 200
