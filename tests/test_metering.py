@@ -13,6 +13,7 @@ from proxy.tokens import get_encoding
 
 from gateway_process import GatewayProcess
 from upstream_app import Upstream, reply_words
+from waiting import wait_for
 
 PRICES = {  # $ per 1M tokens (input, output): PRODUCT.md list prices, team-custom from the config
     "prometheus-lite": (0.10, 0.40),
@@ -96,16 +97,14 @@ def test_usage_matches_a_scripted_mix_from_two_keys(gateway: GatewayProcess) -> 
     chat(b, exp_b, "prometheus-core", "b streams core", stream=True, max_tokens=9)
     chat(b, exp_b, "team-custom", "custom alias with its own price")
     chat(b, exp_b, "prometheus-lite", "b again", stream=True, include_usage=True)
-    ended = time.monotonic()
 
-    deadline = ended + 2.0
-    got_a = got_b = {}
-    while time.monotonic() < deadline:
-        got_a = usage_by_model(gateway, key_a["id"])
-        got_b = usage_by_model(gateway, key_b["id"])
-        if matches(got_a, exp_a) and matches(got_b, exp_b):
-            break
-        time.sleep(0.1)
+    # how soon usage is readable is test_startup's business; here, what it says
+    # (10 requests, so the rows to wait for are exactly the expected ones)
+    wait_for(lambda: gateway.db_rows("SELECT COUNT(*) FROM requests WHERE key_id IN (?, ?)",
+                                     key_a["id"], key_b["id"])[0][0] >= 10,
+             message="the usage records of the scripted mix")
+    got_a = usage_by_model(gateway, key_a["id"])
+    got_b = usage_by_model(gateway, key_b["id"])
     assert matches(got_a, exp_a), (got_a, dict(exp_a.rows))
     assert matches(got_b, exp_b), (got_b, dict(exp_b.rows))
     for row in [*got_a.values(), *got_b.values()]:
@@ -125,12 +124,10 @@ def test_usage_table_output_and_week_rollup(gateway: GatewayProcess) -> None:
     exp = Expected()
     for _ in range(3):
         chat(client, exp, "prometheus-lite", "weekly")
-    deadline = time.monotonic() + 2.0
-    while time.monotonic() < deadline:
-        weekly = gateway.usage(key["id"], by="week")
-        if weekly and weekly[0]["requests"] == 3:
-            break
-        time.sleep(0.1)
+    wait_for(lambda: gateway.db_rows("SELECT COUNT(*) FROM requests WHERE key_id = ?",
+                                     key["id"])[0][0] >= 3,
+             message="the usage records of 3 requests")
+    weekly = gateway.usage(key["id"], by="week")
     assert len(weekly) == 1 and weekly[0]["requests"] == 3
     monday = time.strftime("%Y-%m-%d", time.gmtime(time.time() - time.gmtime().tm_wday * 86400))
     assert weekly[0]["period"] == monday
@@ -138,17 +135,13 @@ def test_usage_table_output_and_week_rollup(gateway: GatewayProcess) -> None:
     assert key["id"] in table and "prometheus-lite" in table
 
 
-def _wait_record(gateway: GatewayProcess, key_id: str, timeout: float = 5.0) -> tuple[Any, ...]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        rows = gateway.db_rows(
-            "SELECT status, input_tokens, output_tokens, usage_source, error, cost_usd "
-            "FROM requests WHERE key_id = ?", key_id)
-        if rows:
-            assert len(rows) == 1, rows
-            return rows[0]
-        time.sleep(0.05)
-    raise AssertionError("no usage record")
+def _wait_record(gateway: GatewayProcess, key_id: str) -> tuple[Any, ...]:
+    """The one usage record of `key_id`, once it is in SQLite."""
+    rows = wait_for(lambda: gateway.db_rows(
+        "SELECT status, input_tokens, output_tokens, usage_source, error, cost_usd "
+        "FROM requests WHERE key_id = ?", key_id), message=f"a usage record of {key_id}")
+    assert len(rows) == 1, rows
+    return tuple(rows[0])
 
 
 def test_dropped_stream_is_billed_for_what_the_client_got(gateway: GatewayProcess,
@@ -178,9 +171,7 @@ def test_dropped_stream_is_billed_for_what_the_client_got(gateway: GatewayProces
     assert tin > 0
     assert cost == pytest.approx(tin * 0.10 / 1e6 + tout * 0.40 / 1e6)
     # and the gateway stopped the upstream request instead of reading it to the end
-    deadline = time.monotonic() + 3
-    while upstream.disconnects == 0 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(lambda: upstream.disconnects, message="the upstream to see the gateway hang up")
     assert upstream.disconnects == 1
 
 
@@ -222,11 +213,7 @@ def test_one_log_line_per_request_with_its_figures(gateway: GatewayProcess) -> N
     rid = raw.headers["x-request-id"]
     for _ in raw.parse():
         pass
-    deadline = time.monotonic() + 3
-    lines: list[dict[str, Any]] = []
-    while not lines and time.monotonic() < deadline:
-        lines = [ln for ln in gateway.log_lines() if ln.get("request_id") == rid]
-        time.sleep(0.05)
+    lines = wait_for(lambda: gateway.log_lines_for(rid), message=f"the log line of {rid}")
     assert len(lines) == 1
     line = lines[0]
     assert line["key_id"] == key["id"] and line["model"] == "prometheus-lite"

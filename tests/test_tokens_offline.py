@@ -10,13 +10,13 @@ import hashlib
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import openai
 
 from gateway_process import GatewayProcess, gateway_config, gateway_env
 from upstream_app import Upstream
+from waiting import wait_for
 
 NO_NETWORK = '''
 import socket
@@ -95,11 +95,8 @@ def test_gateway_counts_locally_offline(upstream: Upstream, tmp_path: Path) -> N
         reply = client.chat.completions.create(
             model="prometheus-lite", messages=[{"role": "user", "content": "__no_usage__ hi"}])
         assert reply.usage is None
-        deadline = time.monotonic() + 5
-        rows: list[tuple[object, ...]] = []
-        while not rows and time.monotonic() < deadline:
-            rows = gw.db_rows("SELECT status, output_tokens, usage_source FROM requests")
-            time.sleep(0.05)
+        rows = wait_for(lambda: gw.db_rows("SELECT status, output_tokens, usage_source "
+                                           "FROM requests"), message="the reply's usage record")
         from proxy.tokens import count_text
 
         assert rows == [(200, count_text(reply.choices[0].message.content or ""), "local")]
