@@ -1,8 +1,14 @@
-"""The official openai SDK against a running gateway in front of a fake upstream."""
+"""The official openai SDK against a running gateway in front of a fake upstream.
+
+Every test runs twice (conftest.py): against the gateway serving with the
+compiled `_fastpath` twin, then with the pure-Python one.
+"""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from typing import Any
 
 import openai
@@ -22,11 +28,29 @@ WEATHER_TOOL = {
     },
 }
 
+pytestmark = pytest.mark.both_fastpath_twins
+
 
 def _last_upstream_body(upstream: Upstream, path: str = "/chat/completions") -> dict[str, Any]:
     got = upstream.received(path)
     assert got, "the upstream received nothing"
     return dict(got[-1]["body"])
+
+
+def test_the_gateway_streams_with_the_twin_it_was_started_with(
+        gateway: GatewayProcess, client: openai.OpenAI, fastpath_twin: str) -> None:
+    pure = fastpath_twin == "pure"
+    list(client.chat.completions.create(model="prometheus-lite", messages=HELLO, stream=True))
+    # seen in the running gateway: the compiled twin is a shared object it maps
+    compiled = sorted(f for f in gateway.mapped_files() if "/_fastpath/_sse_c." in f)
+    assert bool(compiled) is not pure, (
+        f"the {fastpath_twin} gateway maps {compiled or 'no'} compiled _fastpath")
+    # and what _fastpath says of itself in the gateway's environment and directory
+    probe = subprocess.run(
+        [sys.executable, "-c", "import _fastpath; print(_fastpath.IMPLEMENTATION)"],
+        cwd=gateway.workdir, env=gateway.env, capture_output=True, text=True, timeout=60)
+    assert probe.returncode == 0, probe.stderr
+    assert probe.stdout.strip() == ("py" if pure else "c")
 
 
 def test_streamed_text_equals_plain_text(client: openai.OpenAI) -> None:

@@ -1,4 +1,8 @@
-"""Metering: usage --json matches what was sent, exactly; dropped streams are billed."""
+"""Metering: usage --json matches what was sent, exactly; dropped streams are billed.
+
+Every test runs twice (conftest.py): against the gateway serving with the
+compiled `_fastpath` twin, then with the pure-Python one.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,8 @@ from proxy.tokens import get_encoding
 from gateway_process import GatewayProcess
 from upstream_app import Upstream, reply_words
 from waiting import wait_for
+
+pytestmark = pytest.mark.both_fastpath_twins
 
 PRICES = {  # $ per 1M tokens (input, output): PRODUCT.md list prices, team-custom from the config
     "prometheus-lite": (0.10, 0.40),
