@@ -157,9 +157,10 @@ def test_dropped_stream_is_billed_for_what_the_client_got(gateway: GatewayProces
     upstream.clear()
     received = ""
     content_chunks = 0
-    with client.chat.completions.create(
-            model="prometheus-lite", stream=True,
-            messages=[{"role": "user", "content": "__slow__ tell me a long story"}]) as stream:
+    # the upstream sends three words, then nothing until the gateway hangs up
+    story = [{"role": "user", "content": "__hold_after_3__ tell me a long story"}]
+    with client.chat.completions.create(model="prometheus-lite", stream=True,
+                                        messages=story) as stream:
         for chunk in stream:
             delta = chunk.choices[0].delta.content if chunk.choices else None
             if delta:

@@ -15,7 +15,9 @@ Behaviour is chosen by the request, the way a real upstream's would be:
   answer that status in OpenAI's error shape;
   `__cut_after_3__` streams three content chunks, then drops the connection;
   `__no_usage__` never sends usage (neither in JSON nor in the stream);
-  `__slow__` pauses 0.3 s between stream chunks.
+  `__hold_after_3__` streams three content chunks, then sends nothing more
+  until the client hangs up (at most `HOLD_MAX_S`): a client that leaves
+  mid-stream has certainly been sent exactly three words.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from aiohttp import web
 
 REPLY_WORDS = 12
 CHUNK_PAUSE_S = 0.004
+HOLD_MAX_S = 60.0
 UPSTREAM_KEY = "sk-upstream-secret"
 
 
@@ -187,7 +190,7 @@ class Upstream:
                       send_usage: bool, magic: str, created: int) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
-        pause = 0.3 if "__slow__" in magic else CHUNK_PAUSE_S
+        pause = CHUNK_PAUSE_S
         base = {"id": "chatcmpl-upstream2", "object": "chat.completion.chunk",
                 "created": created, "model": body["model"], "system_fingerprint": "fp_test"}
         include_usage = (body.get("stream_options") or {}).get("include_usage") is True
@@ -220,6 +223,8 @@ class Upstream:
                         assert request.transport is not None
                         request.transport.abort()
                         return resp
+                    if "__hold_after_3__" in magic and i == 3:
+                        await _until_the_client_leaves(request)  # then the write fails
                     await resp.write(event([{"index": 0, "delta": {"content": word},
                                              "logprobs": None, "finish_reason": None}]))
                 finish = "stop"
@@ -255,3 +260,13 @@ class Upstream:
         reply = {"object": "list", "data": data, "model": body["model"],
                  "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
         return web.Response(body=orjson.dumps(reply), content_type="application/json")
+
+
+async def _until_the_client_leaves(request: web.Request) -> None:
+    """Send nothing until the client closes the connection, or HOLD_MAX_S pass."""
+    deadline = time.monotonic() + HOLD_MAX_S
+    while time.monotonic() < deadline:
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            return
+        await asyncio.sleep(0.01)
