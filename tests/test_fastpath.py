@@ -50,22 +50,28 @@ def impl(request: pytest.FixtureRequest) -> type:
     return mod.SseRewriter  # type: ignore[no-any-return]
 
 
-def run(cls: type, stream: bytes, alias: str = "alias", forward_usage: bool = False,
-        pieces: list[int] | None = None) -> tuple[bytes, Any]:
+def run(
+    cls: type,
+    stream: bytes,
+    alias: str = "alias",
+    forward_usage: bool = False,
+    pieces: list[int] | None = None,
+) -> tuple[bytes, Any]:
     """Feed `stream` (cut after the given piece sizes, else byte by byte) and finish."""
     r = cls(alias, forward_usage)
     out, i = [], 0
     sizes = iter(pieces or [])
     while i < len(stream):
         n = next(sizes, 1)
-        out.append(r.feed(stream[i:i + n]))
+        out.append(r.feed(stream[i : i + n]))
         i += n
     out.append(r.finish())
     return b"".join(out), r
 
 
-def whole(cls: type, stream: bytes, alias: str = "alias", forward_usage: bool = False
-          ) -> tuple[bytes, Any]:
+def whole(
+    cls: type, stream: bytes, alias: str = "alias", forward_usage: bool = False
+) -> tuple[bytes, Any]:
     r = cls(alias, forward_usage)
     out = r.feed(stream)
     return out + r.finish(), r
@@ -76,6 +82,7 @@ def ev(obj: dict[str, Any]) -> bytes:
 
 
 # -- the switch ------------------------------------------------------------
+
 
 def test_implementation_is_compiled_unless_switched_off() -> None:
     if NO_EXT:
@@ -92,8 +99,14 @@ def test_env_flag_selects_pure_twin() -> None:
     path = os.pathsep.join(filter(None, [where, os.environ.get("PYTHONPATH")]))
     env = dict(os.environ, PROMETHEUS_NO_EXTENSIONS="1", PYTHONPATH=path)
     code = "import _fastpath; print(_fastpath.IMPLEMENTATION, _fastpath.SseRewriter.__module__)"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                         text=True, check=True, cwd=Path(__file__).parent)
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).parent,
+    )
     assert out.stdout.split() == ["py", "_fastpath._sse_py"]
 
 
@@ -105,6 +118,7 @@ def test_both_twins_importable_directly() -> None:
 
 # -- model rewrite -----------------------------------------------------------
 
+
 def test_model_rewritten_rest_byte_identical(impl: type) -> None:
     src = b'data: {"id":"c1","model":"gpt-4o","choices":[{"delta":{"content":"hi"}}]}\n\n'
     out, r = whole(impl, src, alias="prometheus-lite")
@@ -115,7 +129,7 @@ def test_model_rewritten_rest_byte_identical(impl: type) -> None:
 @pytest.mark.parametrize("alias", ['quo"te', "back\\slash", "ünï ☕ 😀", "tab\tnl\n\x00", ""])
 def test_alias_json_encoded(impl: type, alias: str) -> None:
     out, _ = run(impl, b'data: {"model":"m","choices":[]}\n\n', alias=alias)
-    payload = out[len(b"data: "):-2]
+    payload = out[len(b"data: ") : -2]
     assert json.loads(payload)["model"] == alias
 
 
@@ -124,12 +138,15 @@ def test_lone_surrogate_alias_still_valid_json(impl: type) -> None:
     assert json.loads(out[6:-2])["model"] == "a\ud800b"
 
 
-@pytest.mark.parametrize("src", [
-    b'data: {"model":null,"choices":[]}\n\n',
-    b'data: {"id":"x","choices":[]}\n\n',
-    b'data: {"model":42}\n\n',
-    b'data: {"role":"model","x":["model"]}\n\n',  # "model" as a value, not a key
-])
+@pytest.mark.parametrize(
+    "src",
+    [
+        b'data: {"model":null,"choices":[]}\n\n',
+        b'data: {"id":"x","choices":[]}\n\n',
+        b'data: {"model":42}\n\n',
+        b'data: {"role":"model","x":["model"]}\n\n',  # "model" as a value, not a key
+    ],
+)
 def test_model_absent_or_not_a_string_unchanged(impl: type, src: bytes) -> None:
     assert run(impl, src)[0] == src
 
@@ -151,9 +168,11 @@ def test_model_with_escapes_replaced_whole(impl: type) -> None:
 
 # -- keys hidden in string values ---------------------------------------------
 
+
 def test_model_key_inside_content_is_not_a_key(impl: type) -> None:
-    src = ev({"choices": [{"delta": {"content": 'the "model": "x", "usage":{"a":1}'}}],
-              "model": "gpt"})
+    src = ev(
+        {"choices": [{"delta": {"content": 'the "model": "x", "usage":{"a":1}'}}], "model": "gpt"}
+    )
     out, r = run(impl, src)
     data = json.loads(out[6:-2])
     assert data["model"] == "alias"
@@ -166,8 +185,7 @@ def test_escaped_backslash_before_quote(impl: type) -> None:
     # content is  a\\  (JSON "a\\\\"): the quote after it closes the string
     src = b'data: {"choices":[{"delta":{"content":"a\\\\\\\\"}}],"model":"m"}\n\n'
     out, r = run(impl, src)
-    assert json.loads(out[6:-2]) == {"choices": [{"delta": {"content": "a\\\\"}}],
-                                     "model": "alias"}
+    assert json.loads(out[6:-2]) == {"choices": [{"delta": {"content": "a\\\\"}}], "model": "alias"}
     assert r.text() == "a\\\\"
 
 
@@ -182,8 +200,11 @@ def test_escaped_quote_then_key_lookalike(impl: type) -> None:
 
 
 def test_unicode_text_cut_inside_characters(impl: type) -> None:
-    src = (b'data: {"model":"m","choices":[{"delta":{"content":"caf\\u00e9 \\ud83d\\ude00 '
-           + "ü☕😀".encode() + b'"}}]}\n\n')
+    src = (
+        b'data: {"model":"m","choices":[{"delta":{"content":"caf\\u00e9 \\ud83d\\ude00 '
+        + "ü☕😀".encode()
+        + b'"}}]}\n\n'
+    )
     out, r = run(impl, src)  # one byte at a time
     assert out == src.replace(b'"m"', b'"alias"')
     assert r.text() == "café 😀 ü☕😀"
@@ -196,6 +217,7 @@ def test_text_unescapes(impl: type) -> None:
 
 
 # -- framing -------------------------------------------------------------------
+
 
 def test_crlf_separator_kept(impl: type) -> None:
     src = b'data: {"model":"m"}\r\n\r\n: ping\r\n\r\ndata: [DONE]\r\n\r\n'
@@ -245,11 +267,13 @@ def test_feed_nothing_complete_returns_empty(impl: type) -> None:
 
 
 def test_comments_and_other_fields(impl: type) -> None:
-    src = (b": ping\n\n"
-           b"event: message\nid: 7\n"
-           b'data: {"model":"m","choices":[{"delta":{"content":"a"}}]}\n\n'
-           b"retry: 10\n\n"
-           b": comment with \"model\":\"x\"\n\n")
+    src = (
+        b": ping\n\n"
+        b"event: message\nid: 7\n"
+        b'data: {"model":"m","choices":[{"delta":{"content":"a"}}]}\n\n'
+        b"retry: 10\n\n"
+        b': comment with "model":"x"\n\n'
+    )
     out, r = run(impl, src)
     assert out == src.replace(b'"m"', b'"alias"')
     assert r.events == 1 and r.text() == "a"
@@ -286,13 +310,17 @@ def test_empty_events_pass(impl: type) -> None:
 
 # -- usage and the drop rule ----------------------------------------------------
 
-USAGE = {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12,
-         "prompt_tokens_details": {"cached_tokens": 0, "note": "a}b{\"c"}}
+USAGE = {
+    "prompt_tokens": 5,
+    "completion_tokens": 7,
+    "total_tokens": 12,
+    "prompt_tokens_details": {"cached_tokens": 0, "note": 'a}b{"c'},
+}
 
 
 def test_usage_captured_raw_and_last_wins(impl: type) -> None:
     first = {"model": "m", "choices": [], "usage": {"total_tokens": 1}}
-    last = b'{"model":"m","choices":[],"usage":' + json.dumps(USAGE).encode() + b'}'
+    last = b'{"model":"m","choices":[],"usage":' + json.dumps(USAGE).encode() + b"}"
     src = ev(first) + b"data: " + last + b"\n\n" + ev({"model": "m", "usage": None})
     _, r = run(impl, src)
     assert r.usage_json == json.dumps(USAGE).encode()
@@ -308,10 +336,13 @@ def test_usage_null_ignored(impl: type) -> None:
 @pytest.mark.parametrize("choices", [b"[]", b"[ ]", b"[\t ]"])
 def test_usage_event_dropped_unless_forwarded(impl: type, choices: bytes) -> None:
     usage_ev = b'data: {"model":"m","choices":' + choices + b',"usage":{"total_tokens":3}}\n\n'
-    src = ev({"model": "m", "choices": [{"delta": {"content": "x"}}], "usage": None}) \
-        + usage_ev + b"data: [DONE]\n\n"
+    src = (
+        ev({"model": "m", "choices": [{"delta": {"content": "x"}}], "usage": None})
+        + usage_ev
+        + b"data: [DONE]\n\n"
+    )
     out, r = run(impl, src, forward_usage=False)
-    assert b"usage\":{" not in out and out.endswith(b"\n\ndata: [DONE]\n\n")
+    assert b'usage":{' not in out and out.endswith(b"\n\ndata: [DONE]\n\n")
     assert r.usage_json == b'{"total_tokens":3}' and r.events == 3 and r.done
     out2, r2 = run(impl, src, forward_usage=True)
     assert out2 == src.replace(b'"m"', b'"alias"')
@@ -338,10 +369,17 @@ def test_dropped_event_in_finish(impl: type) -> None:
 
 # -- first content and text ------------------------------------------------------
 
+
 def test_first_content(impl: type) -> None:
     r = impl("alias", False)
-    r.feed(ev({"model": "m", "choices": [{"delta": {"role": "assistant", "content": "",
-                                                     "refusal": None}}]}))
+    r.feed(
+        ev(
+            {
+                "model": "m",
+                "choices": [{"delta": {"role": "assistant", "content": "", "refusal": None}}],
+            }
+        )
+    )
     assert not r.first_content
     r.feed(ev({"model": "m", "choices": [{"delta": {"content": "Hi"}}]}))
     assert r.first_content
@@ -349,26 +387,61 @@ def test_first_content(impl: type) -> None:
 
 def test_first_content_on_tool_calls(impl: type) -> None:
     r = impl("alias", False)
-    r.feed(ev({"model": "m", "choices": [{"delta": {"content": None, "tool_calls": [
-        {"index": 0, "id": "call_1", "function": {"name": "f", "arguments": ""}}]}}]}))
+    r.feed(
+        ev(
+            {
+                "model": "m",
+                "choices": [
+                    {
+                        "delta": {
+                            "content": None,
+                            "tool_calls": [
+                                {
+                                    "index": 0,
+                                    "id": "call_1",
+                                    "function": {"name": "f", "arguments": ""},
+                                }
+                            ],
+                        }
+                    }
+                ],
+            }
+        )
+    )
     assert r.first_content and r.text() == ""
 
 
 def test_text_from_content_refusal_arguments_in_order(impl: type) -> None:
-    src = (ev({"model": "m", "choices": [{"delta": {"content": "A"}}]})
-           + ev({"model": "m", "choices": [{"delta": {"refusal": "B"}}]})
-           + ev({"model": "m", "choices": [{"delta": {"tool_calls": [
-               {"function": {"arguments": "{\"x\":"}}, {"function": {"arguments": "1}"}}]}}]})
-           + ev({"model": "m", "choices": [{"delta": {"content": None}}]})
-           + ev({"model": "m", "choices": [{"delta": {"content": ["not", "a string"]}}]})
-           + b'data: {"arguments":"C","model":"m","content":"D"}\n\n')
+    src = (
+        ev({"model": "m", "choices": [{"delta": {"content": "A"}}]})
+        + ev({"model": "m", "choices": [{"delta": {"refusal": "B"}}]})
+        + ev(
+            {
+                "model": "m",
+                "choices": [
+                    {
+                        "delta": {
+                            "tool_calls": [
+                                {"function": {"arguments": '{"x":'}},
+                                {"function": {"arguments": "1}"}},
+                            ]
+                        }
+                    }
+                ],
+            }
+        )
+        + ev({"model": "m", "choices": [{"delta": {"content": None}}]})
+        + ev({"model": "m", "choices": [{"delta": {"content": ["not", "a string"]}}]})
+        + b'data: {"arguments":"C","model":"m","content":"D"}\n\n'
+    )
     _, r = run(impl, src)
     assert r.text() == 'AB{"x":1}CD'
 
 
 def test_text_survives_invalid_escapes(impl: type) -> None:
-    src = (b'data: {"content":"ok"}\n\ndata: {"content":"bad \\q esc"}\n\n'
-           b'data: {"content":"\xff"}\n\n')
+    src = (
+        b'data: {"content":"ok"}\n\ndata: {"content":"bad \\q esc"}\n\ndata: {"content":"\xff"}\n\n'
+    )
     _, r = run(impl, src)
     text = r.text()
     assert text.startswith("ok") and "esc" in text
@@ -376,11 +449,26 @@ def test_text_survives_invalid_escapes(impl: type) -> None:
 
 # -- malformed input ---------------------------------------------------------------
 
-@pytest.mark.parametrize("payload", [
-    b"not json", b'{"model":"m"', b'{"model":"unterminated}', b'{"model":', b"{}",
-    b"{", b"}", b"[1,2]", b'"model"', b'{"model" "m"}', b"\xff\xfe{\x00}",
-    b'{"usage":{"a":1,"choices":[]}', b'{"choices":[],"usage":{"a":"}', b'{"model":"a\\"}',
-])
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"not json",
+        b'{"model":"m"',
+        b'{"model":"unterminated}',
+        b'{"model":',
+        b"{}",
+        b"{",
+        b"}",
+        b"[1,2]",
+        b'"model"',
+        b'{"model" "m"}',
+        b"\xff\xfe{\x00}",
+        b'{"usage":{"a":1,"choices":[]}',
+        b'{"choices":[],"usage":{"a":"}',
+        b'{"model":"a\\"}',
+    ],
+)
 def test_malformed_passes_unchanged_and_counts(impl: type, payload: bytes) -> None:
     src = b"data: " + payload + b"\n\n"
     out, r = run(impl, src)
@@ -398,11 +486,17 @@ def test_truncated_json_not_rewritten(impl: type) -> None:
 
 # -- the recorded stream -------------------------------------------------------------
 
+
 def test_recorded_stream(impl: type) -> None:
     src = (DATA / "stream_60.sse").read_bytes()
     for fwd in (False, True):
-        out, r = run(impl, src, alias="prometheus-lite", forward_usage=fwd,
-                     pieces=[7, 300, 1, 1, 2, 500] * 100)
+        out, r = run(
+            impl,
+            src,
+            alias="prometheus-lite",
+            forward_usage=fwd,
+            pieces=[7, 300, 1, 1, 2, 500] * 100,
+        )
         events = [e for e in out.split(b"\n\n") if e]
         assert len(events) == (64 if fwd else 63)
         for e in events[:-1]:
@@ -417,7 +511,8 @@ def test_recorded_stream(impl: type) -> None:
 # -- property tests: generated realistic streams -------------------------------------
 
 TEXT = st.text(alphabet=st.characters(codec="utf-8"), max_size=12) | st.sampled_from(
-    ['"', "\\", '\\"', '"model":"x"', '","usage":{"a":1}', "\n\n", "\r\n", "😀", "data: [DONE]"])
+    ['"', "\\", '\\"', '"model":"x"', '","usage":{"a":1}', "\n\n", "\r\n", "😀", "data: [DONE]"]
+)
 
 
 @st.composite
@@ -433,13 +528,13 @@ def streams(draw: st.DrawFn) -> dict[str, Any]:
 
     def chunk(choices: list[Any], usage: Any = None) -> bytes:
         obj = dict(head, choices=choices, usage=usage)
-        enc = json.dumps(obj, ensure_ascii=ascii_,
-                         separators=(",", ":") if compact else (", ", ": "))
+        enc = json.dumps(
+            obj, ensure_ascii=ascii_, separators=(",", ":") if compact else (", ", ": ")
+        )
         return b"data: " + enc.encode() + sep
 
     events = [chunk([{"index": 0, "delta": {"role": "assistant", "content": ""}}])]
-    for kind in draw(st.lists(st.sampled_from(["content", "content", "tool", "ping"]),
-                              max_size=8)):
+    for kind in draw(st.lists(st.sampled_from(["content", "content", "tool", "ping"]), max_size=8)):
         if kind == "ping":
             events.append(b": ping" + sep)
         elif kind == "content":
@@ -450,20 +545,40 @@ def streams(draw: st.DrawFn) -> dict[str, Any]:
             s = draw(TEXT)
             expected_text.append(s)
             has_tool = True
-            events.append(chunk([{"index": 0, "delta": {"tool_calls": [
-                {"index": 0, "function": {"arguments": s}}]}}]))
+            events.append(
+                chunk(
+                    [
+                        {
+                            "index": 0,
+                            "delta": {"tool_calls": [{"index": 0, "function": {"arguments": s}}]},
+                        }
+                    ]
+                )
+            )
     events.append(chunk([{"index": 0, "delta": {}, "finish_reason": "stop"}]))
     with_usage = draw(st.booleans())
     if with_usage:
-        events.append(chunk([], {"prompt_tokens": 3, "completion_tokens": len(expected_text),
-                                 "total_tokens": 3 + len(expected_text)}))
+        events.append(
+            chunk(
+                [],
+                {
+                    "prompt_tokens": 3,
+                    "completion_tokens": len(expected_text),
+                    "total_tokens": 3 + len(expected_text),
+                },
+            )
+        )
     events.append(b"data: [DONE]" + sep)
     stream = b"".join(events)
     if draw(st.booleans()):  # upstream closes without the last separator
-        stream = stream[:-len(sep)]
-    return {"stream": stream, "text": "".join(expected_text), "with_usage": with_usage,
-            "first_content": has_tool or any(expected_text),
-            "n_events": sum(1 for e in events if e.startswith(b"data:"))}
+        stream = stream[: -len(sep)]
+    return {
+        "stream": stream,
+        "text": "".join(expected_text),
+        "with_usage": with_usage,
+        "first_content": has_tool or any(expected_text),
+        "n_events": sum(1 for e in events if e.startswith(b"data:")),
+    }
 
 
 @st.composite
@@ -486,10 +601,10 @@ def state(r: Any) -> tuple[Any, ...]:
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(data=st.data(), sample=streams(), alias=st.text(max_size=10),
-       forward_usage=st.booleans())
-def test_property_streams(data: st.DataObject, sample: dict[str, Any], alias: str,
-                          forward_usage: bool) -> None:
+@given(data=st.data(), sample=streams(), alias=st.text(max_size=10), forward_usage=st.booleans())
+def test_property_streams(
+    data: st.DataObject, sample: dict[str, Any], alias: str, forward_usage: bool
+) -> None:
     stream = sample["stream"]
     sizes = data.draw(cuts(len(stream)))
     classes = [_sse_py.SseRewriter]
@@ -532,6 +647,7 @@ def test_property_streams(data: st.DataObject, sample: dict[str, Any], alias: st
 
 # -- rewrite_model: a whole JSON reply ------------------------------------------
 
+
 @pytest.fixture(params=["py", "c"])
 def rewrite(request: pytest.FixtureRequest) -> Any:
     if request.param == "py":
@@ -552,9 +668,11 @@ ALIAS_JSON = b'"prometheus-lite"'
 
 
 def test_rewrite_model_replaces_and_keeps_every_other_byte(rewrite: Any) -> None:
-    body = (b'{ "id" : "x1",\n "model":"gpt-4o-2024" , "choices":[{"message":{"content":'
-            b'"the \\"model\\": no","role":"assistant"}}],"usage": {"prompt_tokens": 3,'
-            b' "completion_tokens": 5} ,"x":1.50e+2}\n')
+    body = (
+        b'{ "id" : "x1",\n "model":"gpt-4o-2024" , "choices":[{"message":{"content":'
+        b'"the \\"model\\": no","role":"assistant"}}],"usage": {"prompt_tokens": 3,'
+        b' "completion_tokens": 5} ,"x":1.50e+2}\n'
+    )
     out, usage = rewrite(body, ALIAS_JSON)
     assert out == body.replace(b'"gpt-4o-2024"', ALIAS_JSON)
     assert usage == b'{"prompt_tokens": 3, "completion_tokens": 5}'
@@ -563,16 +681,23 @@ def test_rewrite_model_replaces_and_keeps_every_other_byte(rewrite: Any) -> None
 def test_rewrite_model_only_top_level(rewrite: Any) -> None:
     body = b'{"choices":[{"model":"inner"}],"meta":{"model":"m","usage":1},"model":null}'
     out, usage = rewrite(body, ALIAS_JSON)
-    assert out == b'{"choices":[{"model":"inner"}],"meta":{"model":"m","usage":1},"model":' \
-        + ALIAS_JSON + b"}"
+    assert (
+        out
+        == b'{"choices":[{"model":"inner"}],"meta":{"model":"m","usage":1},"model":'
+        + ALIAS_JSON
+        + b"}"
+    )
     assert usage is None
 
 
-@pytest.mark.parametrize(("body", "expected"), [
-    (b"{}", b'{"model":"prometheus-lite"}'),
-    (b' { \n} ', b' { \n"model":"prometheus-lite"} '),
-    (b'{"a":[1,{}]}', b'{"a":[1,{}],"model":"prometheus-lite"}'),
-])
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b"{}", b'{"model":"prometheus-lite"}'),
+        (b" { \n} ", b' { \n"model":"prometheus-lite"} '),
+        (b'{"a":[1,{}]}', b'{"a":[1,{}],"model":"prometheus-lite"}'),
+    ],
+)
 def test_rewrite_model_adds_missing_model(rewrite: Any, body: bytes, expected: bytes) -> None:
     assert rewrite(body, ALIAS_JSON) == (expected, None)
 
@@ -589,15 +714,48 @@ def test_rewrite_model_accepts_bytearray_and_unicode(rewrite: Any) -> None:
     assert json.loads(out) == {"model": "él", "c": "日本 \U0001f600"}
 
 
-@pytest.mark.parametrize("body", [
-    b"", b" ", b"[]", b'"x"', b"null", b"{", b"}", b'{"a":1', b'{"a":1}}', b'{"a":1} x',
-    b'{"a" 1}', b'{a:1}', b'{"a":1,}', b'{,"a":1}', b'{"a":[1,]}', b'{"a":01}', b'{"a":1.}',
-    b'{"a":.5}', b'{"a":-}', b'{"a":1e}', b'{"a":+1}', b'{"a":tru}', b'{"a":nul}', b'{"a":True}',
-    b'{"a":NaN}', b'{"a":"\x01"}', b'{"a":"\\x"}', b'{"a":"\\u12"}', b'{"a":"\\ud800"}',
-    b'{"a":"\\udc00"}', b'{"a":"\\ud800\\u0041"}', b'{"a":"abc}', b'{"a":"\xff"}',
-    b'{"a":"\xed\xa0\x80"}', b'{"a":1e400}', b'{"a":' + b"[" * 600 + b"]" * 600 + b"}",
-    b'{"model":"x"}\x00',
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b" ",
+        b"[]",
+        b'"x"',
+        b"null",
+        b"{",
+        b"}",
+        b'{"a":1',
+        b'{"a":1}}',
+        b'{"a":1} x',
+        b'{"a" 1}',
+        b"{a:1}",
+        b'{"a":1,}',
+        b'{,"a":1}',
+        b'{"a":[1,]}',
+        b'{"a":01}',
+        b'{"a":1.}',
+        b'{"a":.5}',
+        b'{"a":-}',
+        b'{"a":1e}',
+        b'{"a":+1}',
+        b'{"a":tru}',
+        b'{"a":nul}',
+        b'{"a":True}',
+        b'{"a":NaN}',
+        b'{"a":"\x01"}',
+        b'{"a":"\\x"}',
+        b'{"a":"\\u12"}',
+        b'{"a":"\\ud800"}',
+        b'{"a":"\\udc00"}',
+        b'{"a":"\\ud800\\u0041"}',
+        b'{"a":"abc}',
+        b'{"a":"\xff"}',
+        b'{"a":"\xed\xa0\x80"}',
+        b'{"a":1e400}',
+        b'{"a":' + b"[" * 600 + b"]" * 600 + b"}",
+        b'{"model":"x"}\x00',
+    ],
+)
 def test_rewrite_model_declines_what_is_not_one_valid_object(rewrite: Any, body: bytes) -> None:
     assert rewrite(body, ALIAS_JSON) is None
 
@@ -609,23 +767,38 @@ def test_rewrite_model_surrogate_pair_and_escaped_backslashes(rewrite: Any) -> N
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-2**70, 2**70)
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
     # width=32: exponents stay within two digits (3+ digit ones are declined, by design)
-    | st.floats(allow_nan=False, allow_infinity=False, width=32) | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=4)
-    | st.dictionaries(st.sampled_from(["model", "usage", "a", "b", "é", "\""]) | st.text(max_size=4),
-                      inner, max_size=4),
+    | st.floats(allow_nan=False, allow_infinity=False, width=32)
+    | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(["model", "usage", "a", "b", "é", '"']) | st.text(max_size=4),
+            inner,
+            max_size=4,
+        )
+    ),
     max_leaves=12,
 )
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(obj=st.dictionaries(st.sampled_from(["model", "usage", "id", "choices", "x"])
-                           | st.text(max_size=6), json_values, max_size=6),
-       alias=st.text(max_size=10), indent=st.sampled_from([None, 1, 2]),
-       ascii_only=st.booleans())
-def test_property_rewrite_model_matches_a_parse(obj: dict[str, Any], alias: str,
-                                                indent: int | None, ascii_only: bool) -> None:
+@given(
+    obj=st.dictionaries(
+        st.sampled_from(["model", "usage", "id", "choices", "x"]) | st.text(max_size=6),
+        json_values,
+        max_size=6,
+    ),
+    alias=st.text(max_size=10),
+    indent=st.sampled_from([None, 1, 2]),
+    ascii_only=st.booleans(),
+)
+def test_property_rewrite_model_matches_a_parse(
+    obj: dict[str, Any], alias: str, indent: int | None, ascii_only: bool
+) -> None:
     """Against a real parser: same object but the model, usage is the parsed usage."""
     body = json.dumps(obj, indent=indent, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass")
     alias_json = _sse_py.encode_alias(alias)
@@ -651,11 +824,16 @@ def test_property_rewrite_model_matches_a_parse(obj: dict[str, Any], alias: str,
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(base=st.sampled_from([
-    b'{"id":"c1","model":"m","choices":[{"message":{"content":"hi \\"x\\" \\u00e9"}}],'
-    b'"usage":{"prompt_tokens":3,"completion_tokens":1},"n":-1.5e-3,"t":true,"f":null}',
-    b'{ "model" : [ 1 , { } ] , "usage" : "s" }',
-]), data=st.data())
+@given(
+    base=st.sampled_from(
+        [
+            b'{"id":"c1","model":"m","choices":[{"message":{"content":"hi \\"x\\" \\u00e9"}}],'
+            b'"usage":{"prompt_tokens":3,"completion_tokens":1},"n":-1.5e-3,"t":true,"f":null}',
+            b'{ "model" : [ 1 , { } ] , "usage" : "s" }',
+        ]
+    ),
+    data=st.data(),
+)
 def test_property_rewrite_model_mutations(base: bytes, data: st.DataObject) -> None:
     """Random byte edits: the twins agree, and whatever they accept a parser accepts."""
     body = bytearray(base)

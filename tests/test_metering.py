@@ -1,4 +1,8 @@
-"""Metering: usage --json matches what was sent, exactly; dropped streams are billed."""
+"""Metering: usage --json matches what was sent, exactly; dropped streams are billed.
+
+Every test runs twice (conftest.py): against the gateway serving with the
+compiled `_fastpath` twin, then with the pure-Python one.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +13,13 @@ from typing import Any
 
 import openai
 import pytest
-from proxy.metering.tokens import get_encoding
-
 from gateway_process import GatewayProcess
 from upstream_app import Upstream, reply_words
+from waiting import wait_for
+
+from proxy.metering.tokens import get_encoding
+
+pytestmark = pytest.mark.both_fastpath_twins
 
 PRICES = {  # $ per 1M tokens (input, output): PRODUCT.md list prices, team-custom from the config
     "prometheus-lite": (0.10, 0.40),
@@ -27,7 +34,8 @@ class Expected:
 
     def __init__(self) -> None:
         self.rows: dict[str, dict[str, Any]] = defaultdict(
-            lambda: {"requests": 0, "input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0})
+            lambda: {"requests": 0, "input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0}
+        )
 
     def add(self, model: str, tin: int, tout: int) -> None:
         row = self.rows[model]
@@ -38,8 +46,16 @@ class Expected:
         row["cost_usd"] += tin * pin / 1e6 + tout * pout / 1e6
 
 
-def chat(client: openai.OpenAI, exp: Expected, model: str, text: str, *, stream: bool = False,
-         include_usage: bool = False, max_tokens: int | None = None) -> None:
+def chat(
+    client: openai.OpenAI,
+    exp: Expected,
+    model: str,
+    text: str,
+    *,
+    stream: bool = False,
+    include_usage: bool = False,
+    max_tokens: int | None = None,
+) -> None:
     messages = [{"role": "user", "content": text}]
     extra: dict[str, Any] = {}
     if max_tokens is not None:
@@ -47,8 +63,9 @@ def chat(client: openai.OpenAI, exp: Expected, model: str, text: str, *, stream:
     if stream:
         if include_usage:
             extra["stream_options"] = {"include_usage": True}
-        for _ in client.chat.completions.create(model=model, messages=messages, stream=True,
-                                                **extra):
+        for _ in client.chat.completions.create(
+            model=model, messages=messages, stream=True, **extra
+        ):
             pass
     else:
         client.chat.completions.create(model=model, messages=messages, **extra)
@@ -88,24 +105,34 @@ def test_usage_matches_a_scripted_mix_from_two_keys(gateway: GatewayProcess) -> 
     chat(a, exp_a, "prometheus-lite", "first question from a")
     chat(a, exp_a, "prometheus-lite", "second one", stream=True)
     chat(a, exp_a, "prometheus-lite", "third one with a cap", max_tokens=5)
-    chat(a, exp_a, "prometheus-core", "a streamed core answer please", stream=True,
-         include_usage=True)
+    chat(
+        a,
+        exp_a,
+        "prometheus-core",
+        "a streamed core answer please",
+        stream=True,
+        include_usage=True,
+    )
     embed(a, exp_a, "embed this sentence of seven words now")
     embed(a, exp_a, ["two items", "in a list"])
     chat(b, exp_b, "prometheus-core", "b asks core")
     chat(b, exp_b, "prometheus-core", "b streams core", stream=True, max_tokens=9)
     chat(b, exp_b, "team-custom", "custom alias with its own price")
     chat(b, exp_b, "prometheus-lite", "b again", stream=True, include_usage=True)
-    ended = time.monotonic()
 
-    deadline = ended + 2.0
-    got_a = got_b = {}
-    while time.monotonic() < deadline:
-        got_a = usage_by_model(gateway, key_a["id"])
-        got_b = usage_by_model(gateway, key_b["id"])
-        if matches(got_a, exp_a) and matches(got_b, exp_b):
-            break
-        time.sleep(0.1)
+    # how soon usage is readable is test_startup's business; here, what it says
+    # (10 requests, so the rows to wait for are exactly the expected ones)
+    wait_for(
+        lambda: (
+            gateway.db_rows(
+                "SELECT COUNT(*) FROM requests WHERE key_id IN (?, ?)", key_a["id"], key_b["id"]
+            )[0][0]
+            >= 10
+        ),
+        message="the usage records of the scripted mix",
+    )
+    got_a = usage_by_model(gateway, key_a["id"])
+    got_b = usage_by_model(gateway, key_b["id"])
     assert matches(got_a, exp_a), (got_a, dict(exp_a.rows))
     assert matches(got_b, exp_b), (got_b, dict(exp_b.rows))
     for row in [*got_a.values(), *got_b.values()]:
@@ -114,8 +141,11 @@ def test_usage_matches_a_scripted_mix_from_two_keys(gateway: GatewayProcess) -> 
         assert row["period"] == time.strftime("%Y-%m-%d", time.gmtime())
     assert got_a["prometheus-core"]["ttft_ms_p50"] > 0  # streamed: TTFT measured
     # every record says its tokens came from the upstream's own usage
-    sources = gateway.db_rows("SELECT DISTINCT usage_source FROM requests WHERE key_id IN (?, ?)",
-                              key_a["id"], key_b["id"])
+    sources = gateway.db_rows(
+        "SELECT DISTINCT usage_source FROM requests WHERE key_id IN (?, ?)",
+        key_a["id"],
+        key_b["id"],
+    )
     assert sources == [("upstream",)]
 
 
@@ -125,12 +155,13 @@ def test_usage_table_output_and_week_rollup(gateway: GatewayProcess) -> None:
     exp = Expected()
     for _ in range(3):
         chat(client, exp, "prometheus-lite", "weekly")
-    deadline = time.monotonic() + 2.0
-    while time.monotonic() < deadline:
-        weekly = gateway.usage(key["id"], by="week")
-        if weekly and weekly[0]["requests"] == 3:
-            break
-        time.sleep(0.1)
+    wait_for(
+        lambda: (
+            gateway.db_rows("SELECT COUNT(*) FROM requests WHERE key_id = ?", key["id"])[0][0] >= 3
+        ),
+        message="the usage records of 3 requests",
+    )
+    weekly = gateway.usage(key["id"], by="week")
     assert len(weekly) == 1 and weekly[0]["requests"] == 3
     monday = time.strftime("%Y-%m-%d", time.gmtime(time.time() - time.gmtime().tm_wday * 86400))
     assert weekly[0]["period"] == monday
@@ -138,29 +169,33 @@ def test_usage_table_output_and_week_rollup(gateway: GatewayProcess) -> None:
     assert key["id"] in table and "prometheus-lite" in table
 
 
-def _wait_record(gateway: GatewayProcess, key_id: str, timeout: float = 5.0) -> tuple[Any, ...]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        rows = gateway.db_rows(
+def _wait_record(gateway: GatewayProcess, key_id: str) -> tuple[Any, ...]:
+    """The one usage record of `key_id`, once it is in SQLite."""
+    rows = wait_for(
+        lambda: gateway.db_rows(
             "SELECT status, input_tokens, output_tokens, usage_source, error, cost_usd "
-            "FROM requests WHERE key_id = ?", key_id)
-        if rows:
-            assert len(rows) == 1, rows
-            return rows[0]
-        time.sleep(0.05)
-    raise AssertionError("no usage record")
+            "FROM requests WHERE key_id = ?",
+            key_id,
+        ),
+        message=f"a usage record of {key_id}",
+    )
+    assert len(rows) == 1, rows
+    return tuple(rows[0])
 
 
-def test_dropped_stream_is_billed_for_what_the_client_got(gateway: GatewayProcess,
-                                                          upstream: Upstream) -> None:
+def test_dropped_stream_is_billed_for_what_the_client_got(
+    gateway: GatewayProcess, upstream: Upstream
+) -> None:
     key = gateway.create_key("dropper")
     client = openai.OpenAI(base_url=gateway.base_url, api_key=key["key"], max_retries=0)
     upstream.clear()
     received = ""
     content_chunks = 0
+    # the upstream sends three words, then nothing until the gateway hangs up
+    story = [{"role": "user", "content": "__hold_after_3__ tell me a long story"}]
     with client.chat.completions.create(
-            model="prometheus-lite", stream=True,
-            messages=[{"role": "user", "content": "__slow__ tell me a long story"}]) as stream:
+        model="prometheus-lite", stream=True, messages=story
+    ) as stream:
         for chunk in stream:
             delta = chunk.choices[0].delta.content if chunk.choices else None
             if delta:
@@ -178,9 +213,7 @@ def test_dropped_stream_is_billed_for_what_the_client_got(gateway: GatewayProces
     assert tin > 0
     assert cost == pytest.approx(tin * 0.10 / 1e6 + tout * 0.40 / 1e6)
     # and the gateway stopped the upstream request instead of reading it to the end
-    deadline = time.monotonic() + 3
-    while upstream.disconnects == 0 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(lambda: upstream.disconnects, message="the upstream to see the gateway hang up")
     assert upstream.disconnects == 1
 
 
@@ -190,8 +223,10 @@ def test_upstream_breaking_off_mid_stream(gateway: GatewayProcess) -> None:
     received = ""
     with pytest.raises(openai.APIError):
         for chunk in client.chat.completions.create(
-                model="prometheus-lite", stream=True,
-                messages=[{"role": "user", "content": "__cut_after_3__ go"}]):
+            model="prometheus-lite",
+            stream=True,
+            messages=[{"role": "user", "content": "__cut_after_3__ go"}],
+        ):
             if chunk.choices:
                 received += chunk.choices[0].delta.content or ""
     assert received == "".join(reply_words(3))
@@ -205,7 +240,8 @@ def test_upstream_without_usage_is_counted_locally(gateway: GatewayProcess) -> N
     key = gateway.create_key("no-usage")
     client = openai.OpenAI(base_url=gateway.base_url, api_key=key["key"], max_retries=0)
     reply = client.chat.completions.create(
-        model="prometheus-lite", messages=[{"role": "user", "content": "__no_usage__ hi"}])
+        model="prometheus-lite", messages=[{"role": "user", "content": "__no_usage__ hi"}]
+    )
     assert reply.usage is None
     status, tin, tout, source, _error, _cost = _wait_record(gateway, key["id"])
     enc = get_encoding("o200k_base")
@@ -218,15 +254,12 @@ def test_one_log_line_per_request_with_its_figures(gateway: GatewayProcess) -> N
     key = gateway.create_key("logged")
     client = openai.OpenAI(base_url=gateway.base_url, api_key=key["key"], max_retries=0)
     raw = client.chat.completions.with_raw_response.create(
-        model="prometheus-lite", stream=True, messages=[{"role": "user", "content": "log me"}])
+        model="prometheus-lite", stream=True, messages=[{"role": "user", "content": "log me"}]
+    )
     rid = raw.headers["x-request-id"]
     for _ in raw.parse():
         pass
-    deadline = time.monotonic() + 3
-    lines: list[dict[str, Any]] = []
-    while not lines and time.monotonic() < deadline:
-        lines = [ln for ln in gateway.log_lines() if ln.get("request_id") == rid]
-        time.sleep(0.05)
+    lines = wait_for(lambda: gateway.log_lines_for(rid), message=f"the log line of {rid}")
     assert len(lines) == 1
     line = lines[0]
     assert line["key_id"] == key["id"] and line["model"] == "prometheus-lite"

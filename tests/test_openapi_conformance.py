@@ -30,17 +30,18 @@ import socket
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any
 
 import pytest
-
 from gateway_process import SHARED, GatewayProcess
 
 SPEC_PATH = SHARED / "openai-openapi.yaml"
 if not SPEC_PATH.is_file():
-    pytest.skip(f"OpenAI's OpenAPI description is not at {SPEC_PATH}: nothing to validate "
-                "against", allow_module_level=True)
+    pytest.skip(
+        f"OpenAI's OpenAPI description is not at {SPEC_PATH}: nothing to validate against",
+        allow_module_level=True,
+    )
 
 import yaml  # noqa: E402
 from jsonschema import Draft202012Validator  # noqa: E402
@@ -49,10 +50,18 @@ from referencing.jsonschema import DRAFT202012  # noqa: E402
 
 SPEC_URI = "urn:openai:openapi"
 HELLO = [{"role": "user", "content": "hello there"}]
-WEATHER_TOOL = {"type": "function", "function": {
-    "name": "get_weather", "description": "The weather in a city.",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
-                   "required": ["city"]}}}
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
 FAKE_CHAT = ("prometheus-lite", "prometheus-core")
 SIM_CHAT = "prometheus-pulse"
 
@@ -100,16 +109,18 @@ def _spec() -> dict[str, Any]:
     return {"components": {"schemas": {name: _to_json_schema(s) for name, s in schemas.items()}}}
 
 
-@lru_cache(maxsize=None)
+@cache
 def validator(name: str) -> Draft202012Validator:
     doc = _spec()
     if name not in doc["components"]["schemas"]:
         pytest.skip(f"{name} is not among the spec's component schemas")
     resource = Resource.from_contents(doc, default_specification=DRAFT202012)
     registry: Registry = Registry().with_resource(SPEC_URI, resource)
-    return Draft202012Validator({"$ref": f"{SPEC_URI}#/components/schemas/{name}"},
-                                registry=registry,
-                                format_checker=Draft202012Validator.FORMAT_CHECKER)
+    return Draft202012Validator(
+        {"$ref": f"{SPEC_URI}#/components/schemas/{name}"},
+        registry=registry,
+        format_checker=Draft202012Validator.FORMAT_CHECKER,
+    )
 
 
 def assert_conforms(name: str, instance: Any, what: str = "") -> None:
@@ -119,37 +130,62 @@ def assert_conforms(name: str, instance: Any, what: str = "") -> None:
         for err in errors[:8]:
             # anyOf/oneOf failures: say which alternative broke where
             detail = "; ".join(f"{list(c.absolute_path)}: {c.message}" for c in err.context[:6])
-            lines.append(f"at {list(err.absolute_path)}: {err.message[:300]}"
-                         + (f" [{detail}]" if detail else ""))
-        pytest.fail(f"{what or 'response'} does not conform to {name}:\n  " + "\n  ".join(lines)
-                    + f"\ninstance: {json.dumps(instance)[:1500]}", pytrace=False)
+            lines.append(
+                f"at {list(err.absolute_path)}: {err.message[:300]}"
+                + (f" [{detail}]" if detail else "")
+            )
+        pytest.fail(
+            f"{what or 'response'} does not conform to {name}:\n  "
+            + "\n  ".join(lines)
+            + f"\ninstance: {json.dumps(instance)[:1500]}",
+            pytrace=False,
+        )
 
 
 def test_the_translation_keeps_null_out_unless_nullable() -> None:
     """The translation itself: nullable adds null, and nothing else admits it."""
-    assert _to_json_schema({"type": "string", "enum": ["a"], "nullable": True}) == \
-        {"type": ["string", "null"], "enum": ["a", None]}
-    assert _to_json_schema({"$ref": "#/x", "nullable": True, "x-stainless-const": True}) == \
-        {"anyOf": [{"$ref": "#/x"}, {"type": "null"}]}
-    assert _to_json_schema({"properties": {"nullable": {"type": "string"},
-                                           "x-name": {"type": "integer"}}}) == \
+    assert _to_json_schema({"type": "string", "enum": ["a"], "nullable": True}) == {
+        "type": ["string", "null"],
+        "enum": ["a", None],
+    }
+    assert _to_json_schema({"$ref": "#/x", "nullable": True, "x-stainless-const": True}) == {
+        "anyOf": [{"$ref": "#/x"}, {"type": "null"}]
+    }
+    assert _to_json_schema(
         {"properties": {"nullable": {"type": "string"}, "x-name": {"type": "integer"}}}
+    ) == {"properties": {"nullable": {"type": "string"}, "x-name": {"type": "integer"}}}
     stream = _spec()["components"]["schemas"]["CreateChatCompletionStreamResponse"]
     assert "null" in stream["properties"]["choices"]["items"]["properties"]["finish_reason"]["type"]
     with pytest.raises(pytest.fail.Exception):
-        assert_conforms("CreateChatCompletionResponse", {"id": "x", "object": "chat.completion",
-                                                         "created": 1, "model": "m",
-                                                         "choices": [], "usage": None})
+        assert_conforms(
+            "CreateChatCompletionResponse",
+            {
+                "id": "x",
+                "object": "chat.completion",
+                "created": 1,
+                "model": "m",
+                "choices": [],
+                "usage": None,
+            },
+        )
 
 
 # -- raw HTTP ----------------------------------------------------------------
 
-def http(gateway: GatewayProcess, path: str, payload: Any = None, *, key: str | None = None,
-         method: str | None = None, raw: bytes | None = None,
-         ) -> tuple[int, dict[str, str], bytes]:
+
+def http(
+    gateway: GatewayProcess,
+    path: str,
+    payload: Any = None,
+    *,
+    key: str | None = None,
+    method: str | None = None,
+    raw: bytes | None = None,
+) -> tuple[int, dict[str, str], bytes]:
     data = raw if raw is not None else (None if payload is None else json.dumps(payload).encode())
-    req = urllib.request.Request(gateway.root_url + path, data=data,
-                                 method=method or ("POST" if data is not None else "GET"))
+    req = urllib.request.Request(
+        gateway.root_url + path, data=data, method=method or ("POST" if data is not None else "GET")
+    )
     if key is not None:
         req.add_header("Authorization", f"Bearer {key}")
     if data is not None:
@@ -195,12 +231,24 @@ def chat(model: str, **extra: Any) -> dict[str, Any]:
 CHAT_CASES = {
     "plain": {},
     "tools": {"tools": [WEATHER_TOOL]},
-    "tool_choice": {"tools": [WEATHER_TOOL],
-                    "tool_choice": {"type": "function", "function": {"name": "get_weather"}}},
+    "tool_choice": {
+        "tools": [WEATHER_TOOL],
+        "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+    },
     "json_object": {"response_format": {"type": "json_object"}},
-    "json_schema": {"response_format": {"type": "json_schema", "json_schema": {
-        "name": "answer", "schema": {"type": "object", "properties": {
-            "answer": {"type": "string"}}, "required": ["answer"]}}}},
+    "json_schema": {
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {
+                "name": "answer",
+                "schema": {
+                    "type": "object",
+                    "properties": {"answer": {"type": "string"}},
+                    "required": ["answer"],
+                },
+            },
+        }
+    },
     "max_tokens": {"max_tokens": 3},
     "max_completion_tokens": {"max_completion_tokens": 3},
 }
@@ -208,10 +256,13 @@ CHAT_CASES = {
 
 @pytest.mark.parametrize("case", sorted(CHAT_CASES))
 @pytest.mark.parametrize("model", [*FAKE_CHAT, SIM_CHAT])
-def test_chat_completion(gateway: GatewayProcess, api_key: dict[str, Any], model: str,
-                         case: str) -> None:
-    reply = json_of(*http(gateway, "/v1/chat/completions", chat(model, **CHAT_CASES[case]),
-                          key=api_key["key"]), 200)
+def test_chat_completion(
+    gateway: GatewayProcess, api_key: dict[str, Any], model: str, case: str
+) -> None:
+    reply = json_of(
+        *http(gateway, "/v1/chat/completions", chat(model, **CHAT_CASES[case]), key=api_key["key"]),
+        200,
+    )
     assert_conforms("CreateChatCompletionResponse", reply, f"{model} {case} reply")
     assert reply["model"] == model
     if "tools" in CHAT_CASES[case]:
@@ -219,52 +270,79 @@ def test_chat_completion(gateway: GatewayProcess, api_key: dict[str, Any], model
         assert reply["choices"][0]["message"]["tool_calls"][0]["type"] == "function"
 
 
-def test_chat_completion_without_upstream_usage(gateway: GatewayProcess,
-                                                api_key: dict[str, Any]) -> None:
-    payload = {"model": "prometheus-lite",
-               "messages": [{"role": "user", "content": "__no_usage__"}]}
+def test_chat_completion_without_upstream_usage(
+    gateway: GatewayProcess, api_key: dict[str, Any]
+) -> None:
+    payload = {
+        "model": "prometheus-lite",
+        "messages": [{"role": "user", "content": "__no_usage__"}],
+    }
     reply = json_of(*http(gateway, "/v1/chat/completions", payload, key=api_key["key"]), 200)
     assert_conforms("CreateChatCompletionResponse", reply, "reply without usage")
 
 
-def test_chat_completion_multi_turn_with_tool_result(gateway: GatewayProcess,
-                                                     api_key: dict[str, Any]) -> None:
+def test_chat_completion_multi_turn_with_tool_result(
+    gateway: GatewayProcess, api_key: dict[str, Any]
+) -> None:
     messages = [
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "Weather in Paris?"},
-        {"role": "assistant", "content": None, "tool_calls": [{
-            "id": "call_1", "type": "function",
-            "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                }
+            ],
+        },
         {"role": "tool", "tool_call_id": "call_1", "content": "sunny"},
         {"role": "user", "content": [{"type": "text", "text": "and so?"}]},
     ]
     for model in (*FAKE_CHAT, SIM_CHAT):
-        reply = json_of(*http(gateway, "/v1/chat/completions",
-                              {"model": model, "messages": messages}, key=api_key["key"]), 200)
+        reply = json_of(
+            *http(
+                gateway,
+                "/v1/chat/completions",
+                {"model": model, "messages": messages},
+                key=api_key["key"],
+            ),
+            200,
+        )
         assert_conforms("CreateChatCompletionResponse", reply, f"{model} multi-turn reply")
 
 
 # -- streams -----------------------------------------------------------------
 
-STREAM_OPTIONS = {"absent": None, "usage_false": {"include_usage": False},
-                  "usage_true": {"include_usage": True}}
+STREAM_OPTIONS = {
+    "absent": None,
+    "usage_false": {"include_usage": False},
+    "usage_true": {"include_usage": True},
+}
 
 
 @pytest.mark.parametrize("tools", [False, True], ids=["text", "tools"])
 @pytest.mark.parametrize("options", sorted(STREAM_OPTIONS))
 @pytest.mark.parametrize("model", [FAKE_CHAT[0], SIM_CHAT])
-def test_chat_stream(gateway: GatewayProcess, api_key: dict[str, Any], model: str,
-                     options: str, tools: bool) -> None:
+def test_chat_stream(
+    gateway: GatewayProcess, api_key: dict[str, Any], model: str, options: str, tools: bool
+) -> None:
     extra: dict[str, Any] = {"stream": True}
     if STREAM_OPTIONS[options] is not None:
         extra["stream_options"] = STREAM_OPTIONS[options]
     if tools:
         extra["tools"] = [WEATHER_TOOL]
-    chunks = sse_events(*http(gateway, "/v1/chat/completions", chat(model, **extra),
-                              key=api_key["key"]))
+    chunks = sse_events(
+        *http(gateway, "/v1/chat/completions", chat(model, **extra), key=api_key["key"])
+    )
     for i, chunk in enumerate(chunks):
-        assert_conforms("CreateChatCompletionStreamResponse", chunk,
-                        f"{model} stream chunk {i} of {len(chunks)}")
+        assert_conforms(
+            "CreateChatCompletionStreamResponse",
+            chunk,
+            f"{model} stream chunk {i} of {len(chunks)}",
+        )
         assert chunk["model"] == model
     want_usage = options == "usage_true"
     with_usage = [c for c in chunks if c.get("usage") is not None]
@@ -273,45 +351,68 @@ def test_chat_stream(gateway: GatewayProcess, api_key: dict[str, Any], model: st
         assert with_usage == [chunks[-1]] and chunks[-1]["choices"] == []
     else:
         assert with_usage == []
-    finishes = [ch["finish_reason"] for c in chunks for ch in c["choices"]
-                if ch.get("finish_reason") is not None]
+    finishes = [
+        ch["finish_reason"]
+        for c in chunks
+        for ch in c["choices"]
+        if ch.get("finish_reason") is not None
+    ]
     assert finishes == ["tool_calls" if tools else "stop"]
     if tools:
-        calls = [tc for c in chunks for ch in c["choices"]
-                 for tc in ch["delta"].get("tool_calls") or ()]
+        calls = [
+            tc for c in chunks for ch in c["choices"] for tc in ch["delta"].get("tool_calls") or ()
+        ]
         assert calls and calls[0]["id"] and calls[0]["function"]["name"] == "get_weather"
 
 
 @pytest.mark.parametrize("model", [FAKE_CHAT[1], SIM_CHAT])
-def test_chat_stream_capped_and_json(gateway: GatewayProcess, api_key: dict[str, Any],
-                                     model: str) -> None:
+def test_chat_stream_capped_and_json(
+    gateway: GatewayProcess, api_key: dict[str, Any], model: str
+) -> None:
     for extra in ({"max_tokens": 2}, {"response_format": {"type": "json_object"}}):
-        chunks = sse_events(*http(gateway, "/v1/chat/completions",
-                                  chat(model, stream=True, stream_options={"include_usage": True},
-                                       **extra), key=api_key["key"]))
+        chunks = sse_events(
+            *http(
+                gateway,
+                "/v1/chat/completions",
+                chat(model, stream=True, stream_options={"include_usage": True}, **extra),
+                key=api_key["key"],
+            )
+        )
         for i, chunk in enumerate(chunks):
-            assert_conforms("CreateChatCompletionStreamResponse", chunk,
-                            f"{model} {extra} stream chunk {i}")
+            assert_conforms(
+                "CreateChatCompletionStreamResponse", chunk, f"{model} {extra} stream chunk {i}"
+            )
 
 
-def test_chat_stream_without_upstream_usage(gateway: GatewayProcess,
-                                            api_key: dict[str, Any]) -> None:
-    payload = {"model": "prometheus-lite", "stream": True,
-               "stream_options": {"include_usage": True},
-               "messages": [{"role": "user", "content": "__no_usage__"}]}
+def test_chat_stream_without_upstream_usage(
+    gateway: GatewayProcess, api_key: dict[str, Any]
+) -> None:
+    payload = {
+        "model": "prometheus-lite",
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "messages": [{"role": "user", "content": "__no_usage__"}],
+    }
     chunks = sse_events(*http(gateway, "/v1/chat/completions", payload, key=api_key["key"]))
     for i, chunk in enumerate(chunks):
         assert_conforms("CreateChatCompletionStreamResponse", chunk, f"no-usage stream chunk {i}")
 
 
-def test_broken_stream_ends_with_an_error_event(gateway: GatewayProcess,
-                                                api_key: dict[str, Any]) -> None:
-    payload = {"model": "prometheus-lite", "stream": True,
-               "messages": [{"role": "user", "content": "__cut_after_3__"}]}
+def test_broken_stream_ends_with_an_error_event(
+    gateway: GatewayProcess, api_key: dict[str, Any]
+) -> None:
+    payload = {
+        "model": "prometheus-lite",
+        "stream": True,
+        "messages": [{"role": "user", "content": "__cut_after_3__"}],
+    }
     status, _, body = http(gateway, "/v1/chat/completions", payload, key=api_key["key"])
     assert status == 200
-    events = [json.loads(line[5:]) for line in body.decode().splitlines()
-              if line.startswith("data:") and line[5:].strip() != "[DONE]"]
+    events = [
+        json.loads(line[5:])
+        for line in body.decode().splitlines()
+        if line.startswith("data:") and line[5:].strip() != "[DONE]"
+    ]
     assert events and "error" in events[-1], body[-500:]
     for i, chunk in enumerate(events[:-1]):
         assert_conforms("CreateChatCompletionStreamResponse", chunk, f"cut stream chunk {i}")
@@ -333,8 +434,10 @@ EMBEDDING_INPUTS = {
 @pytest.fixture(scope="module")
 def sim_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     """A small gateway whose embeddings alias is the simulator (the session's is the fake)."""
-    config = ('[storage]\npath = "gateway.db"\n\n'
-              '[[models.prometheus-atlas.deployments]]\nprovider = "sim"\nttft_ms = 1\n')
+    config = (
+        '[storage]\npath = "gateway.db"\n\n'
+        '[[models.prometheus-atlas.deployments]]\nprovider = "sim"\nttft_ms = 1\n'
+    )
     gw = GatewayProcess(tmp_path_factory.mktemp("sim-gateway"), config)
     gw.start()
     yield gw
@@ -347,25 +450,39 @@ def sim_key(sim_gateway: GatewayProcess) -> str:
 
 
 @pytest.mark.parametrize("case", sorted(EMBEDDING_INPUTS))
-def test_embeddings_fake_upstream(gateway: GatewayProcess, api_key: dict[str, Any],
-                                  case: str) -> None:
-    reply = json_of(*http(gateway, "/v1/embeddings",
-                          {"model": "prometheus-atlas", **EMBEDDING_INPUTS[case]},
-                          key=api_key["key"]), 200)
+def test_embeddings_fake_upstream(
+    gateway: GatewayProcess, api_key: dict[str, Any], case: str
+) -> None:
+    reply = json_of(
+        *http(
+            gateway,
+            "/v1/embeddings",
+            {"model": "prometheus-atlas", **EMBEDDING_INPUTS[case]},
+            key=api_key["key"],
+        ),
+        200,
+    )
     assert_conforms("CreateEmbeddingResponse", reply, f"fake-upstream embeddings ({case})")
     assert reply["model"] == "prometheus-atlas"
 
 
 @pytest.mark.parametrize("case", sorted(EMBEDDING_INPUTS))
 def test_embeddings_simulator(sim_gateway: GatewayProcess, sim_key: str, case: str) -> None:
-    reply = json_of(*http(sim_gateway, "/v1/embeddings",
-                          {"model": "prometheus-atlas", **EMBEDDING_INPUTS[case]},
-                          key=sim_key), 200)
+    reply = json_of(
+        *http(
+            sim_gateway,
+            "/v1/embeddings",
+            {"model": "prometheus-atlas", **EMBEDDING_INPUTS[case]},
+            key=sim_key,
+        ),
+        200,
+    )
     assert_conforms("CreateEmbeddingResponse", reply, f"simulator embeddings ({case})")
     assert reply["model"] == "prometheus-atlas"
 
 
 # -- models ------------------------------------------------------------------
+
 
 def test_models_list_and_each_model(gateway: GatewayProcess, api_key: dict[str, Any]) -> None:
     listed = json_of(*http(gateway, "/v1/models", key=api_key["key"]), 200)
@@ -387,6 +504,7 @@ def test_models_list_for_a_limited_key(gateway: GatewayProcess) -> None:
 
 # -- errors ------------------------------------------------------------------
 
+
 def _magic(text: str, model: str = "prometheus-lite", **extra: Any) -> dict[str, Any]:
     return {"model": model, "messages": [{"role": "user", "content": text}], **extra}
 
@@ -396,11 +514,23 @@ ERROR_CASES: list[tuple[str, str, str, Any, str, int]] = [
     ("no_key", "POST", "/v1/chat/completions", chat("prometheus-lite"), "none", 401),
     ("bad_key", "POST", "/v1/chat/completions", chat("prometheus-lite"), "bad", 401),
     ("bad_key_models", "GET", "/v1/models", None, "bad", 401),
-    ("no_key_embeddings", "POST", "/v1/embeddings",
-     {"model": "prometheus-atlas", "input": "x"}, "none", 401),
+    (
+        "no_key_embeddings",
+        "POST",
+        "/v1/embeddings",
+        {"model": "prometheus-atlas", "input": "x"},
+        "none",
+        401,
+    ),
     ("unknown_model", "POST", "/v1/chat/completions", chat("gpt-unknown"), "good", 404),
-    ("unknown_model_stream", "POST", "/v1/chat/completions",
-     chat("gpt-unknown", stream=True), "good", 404),
+    (
+        "unknown_model_stream",
+        "POST",
+        "/v1/chat/completions",
+        chat("gpt-unknown", stream=True),
+        "good",
+        404,
+    ),
     ("unknown_model_get", "GET", "/v1/models/gpt-unknown", None, "good", 404),
     ("unknown_path", "POST", "/v1/nothing-here", {}, "good", 404),
     ("wrong_method", "GET", "/v1/chat/completions", None, "good", 405),
@@ -408,63 +538,123 @@ ERROR_CASES: list[tuple[str, str, str, Any, str, int]] = [
     ("not_an_object", "POST", "/v1/chat/completions", b"[1, 2]", "good", 400),
     ("missing_model", "POST", "/v1/chat/completions", {"messages": HELLO}, "good", 400),
     ("missing_messages", "POST", "/v1/chat/completions", {"model": SIM_CHAT}, "good", 400),
-    ("empty_messages", "POST", "/v1/chat/completions",
-     {"model": SIM_CHAT, "messages": []}, "good", 400),
+    (
+        "empty_messages",
+        "POST",
+        "/v1/chat/completions",
+        {"model": SIM_CHAT, "messages": []},
+        "good",
+        400,
+    ),
     ("bad_stream_flag", "POST", "/v1/chat/completions", chat(SIM_CHAT, stream="yes"), "good", 400),
     ("wrong_endpoint", "POST", "/v1/chat/completions", chat("prometheus-atlas"), "good", 400),
-    ("chat_alias_on_embeddings", "POST", "/v1/embeddings",
-     {"model": SIM_CHAT, "input": "x"}, "good", 400),
+    (
+        "chat_alias_on_embeddings",
+        "POST",
+        "/v1/embeddings",
+        {"model": SIM_CHAT, "input": "x"},
+        "good",
+        400,
+    ),
     ("missing_input", "POST", "/v1/embeddings", {"model": "prometheus-atlas"}, "good", 400),
-    ("bad_encoding", "POST", "/v1/embeddings",
-     {"model": "prometheus-atlas", "input": "x", "encoding_format": "hex"}, "good", 400),
+    (
+        "bad_encoding",
+        "POST",
+        "/v1/embeddings",
+        {"model": "prometheus-atlas", "input": "x", "encoding_format": "hex"},
+        "good",
+        400,
+    ),
     ("upstream_400", "POST", "/v1/chat/completions", _magic("__status_400__"), "good", 400),
-    ("too_large", "POST", "/v1/chat/completions",
-     chat("prometheus-lite", padding="x" * (1024 * 1024 + 10)), "good", 413),
+    (
+        "too_large",
+        "POST",
+        "/v1/chat/completions",
+        chat("prometheus-lite", padding="x" * (1024 * 1024 + 10)),
+        "good",
+        413,
+    ),
     ("upstream_429", "POST", "/v1/chat/completions", _magic("__status_429__"), "good", 429),
     ("upstream_down", "POST", "/v1/chat/completions", chat("prometheus-surge"), "good", 502),
-    ("upstream_down_stream", "POST", "/v1/chat/completions",
-     chat("prometheus-surge", stream=True), "good", 502),
+    (
+        "upstream_down_stream",
+        "POST",
+        "/v1/chat/completions",
+        chat("prometheus-surge", stream=True),
+        "good",
+        502,
+    ),
     ("upstream_500", "POST", "/v1/chat/completions", _magic("__status_500__"), "good", 502),
     ("upstream_401", "POST", "/v1/chat/completions", _magic("__status_401__"), "good", 502),
-    ("upstream_500_stream", "POST", "/v1/chat/completions",
-     _magic("__status_500__", stream=True), "good", 502),
+    (
+        "upstream_500_stream",
+        "POST",
+        "/v1/chat/completions",
+        _magic("__status_500__", stream=True),
+        "good",
+        502,
+    ),
 ]
 
 
-@pytest.mark.parametrize(("method", "path", "payload", "key", "status"),
-                         [case[1:] for case in ERROR_CASES], ids=[c[0] for c in ERROR_CASES])
-def test_error_body(gateway: GatewayProcess, api_key: dict[str, Any], method: str, path: str,
-                    payload: Any, key: str, status: int) -> None:
+@pytest.mark.parametrize(
+    ("method", "path", "payload", "key", "status"),
+    [case[1:] for case in ERROR_CASES],
+    ids=[c[0] for c in ERROR_CASES],
+)
+def test_error_body(
+    gateway: GatewayProcess,
+    api_key: dict[str, Any],
+    method: str,
+    path: str,
+    payload: Any,
+    key: str,
+    status: int,
+) -> None:
     token = {"good": api_key["key"], "bad": "prom_sk_" + "x" * 40, "none": None}[key]
     raw = payload if isinstance(payload, bytes) else None
-    reply = json_of(*http(gateway, path, None if raw is not None else payload, key=token,
-                          method=method, raw=raw), status)
+    reply = json_of(
+        *http(
+            gateway, path, None if raw is not None else payload, key=token, method=method, raw=raw
+        ),
+        status,
+    )
     assert_conforms("ErrorResponse", reply, f"{status} body of {method} {path}")
 
 
 def test_error_body_not_allowed_for_key(gateway: GatewayProcess) -> None:
     limited = gateway.create_key("openapi-forbidden", models="prometheus-lite")
-    for method, path, payload in (("POST", "/v1/chat/completions", chat("prometheus-core")),
-                                  ("GET", "/v1/models/prometheus-core", None)):
+    for method, path, payload in (
+        ("POST", "/v1/chat/completions", chat("prometheus-core")),
+        ("GET", "/v1/models/prometheus-core", None),
+    ):
         status, headers, body = http(gateway, path, payload, key=limited["key"], method=method)
         assert status in (403, 404), body
-        assert_conforms("ErrorResponse", json_of(status, headers, body, status),
-                        f"{status} body of {method} {path}")
+        assert_conforms(
+            "ErrorResponse",
+            json_of(status, headers, body, status),
+            f"{status} body of {method} {path}",
+        )
 
 
 def test_error_body_from_the_simulator(sim_gateway: GatewayProcess, sim_key: str) -> None:
     """The simulator's own refusal (dimensions out of its range), relayed by the gateway."""
-    status, headers, body = http(sim_gateway, "/v1/embeddings",
-                                 {"model": "prometheus-atlas", "input": "x", "dimensions": 99999},
-                                 key=sim_key)
+    status, headers, body = http(
+        sim_gateway,
+        "/v1/embeddings",
+        {"model": "prometheus-atlas", "input": "x", "dimensions": 99999},
+        key=sim_key,
+    )
     assert status == 400, body
     assert_conforms("ErrorResponse", json_of(status, headers, body, 400), "simulator 400")
 
 
 def test_413_before_the_body_is_read(gateway: GatewayProcess, api_key: dict[str, Any]) -> None:
-    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            f"Authorization: Bearer {api_key['key']}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {50 * 1024 * 1024}\r\nConnection: close\r\n\r\n").encode()
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: Bearer {api_key['key']}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {50 * 1024 * 1024}\r\nConnection: close\r\n\r\n"
+    ).encode()
     with socket.create_connection(("127.0.0.1", gateway.port), timeout=5) as sock:
         sock.sendall(head + b'{"model": "prometheus-lite", "messages": [')
         reply = b""
@@ -474,8 +664,7 @@ def test_413_before_the_body_is_read(gateway: GatewayProcess, api_key: dict[str,
                 break
             reply += piece
     assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
-    assert_conforms("ErrorResponse", json.loads(reply.split(b"\r\n\r\n", 1)[1]),
-                    "early 413 body")
+    assert_conforms("ErrorResponse", json.loads(reply.split(b"\r\n\r\n", 1)[1]), "early 413 body")
 
 
 def _complete(reply: bytes) -> bool:

@@ -18,12 +18,21 @@ from pathlib import Path
 
 import openai
 import pytest
-
 from gateway_process import GatewayProcess, free_port, gateway_env
+from waiting import assert_holds_within, wait_for
+
 from proxy.config.load import ConfigError, load_config
 
-ALIASES = ("prometheus-spark", "prometheus-lite", "prometheus-core", "prometheus-vision",
-           "prometheus-pulse", "prometheus-surge", "prometheus-atlas", "prometheus-echo")
+ALIASES = (
+    "prometheus-spark",
+    "prometheus-lite",
+    "prometheus-core",
+    "prometheus-vision",
+    "prometheus-pulse",
+    "prometheus-surge",
+    "prometheus-atlas",
+    "prometheus-echo",
+)
 CHAT_ALIASES = ALIASES[:6]
 
 
@@ -36,7 +45,8 @@ def default_gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gatewa
 
 
 def test_default_startup_says_the_simulator_serves_everything(
-        default_gateway: GatewayProcess) -> None:
+    default_gateway: GatewayProcess,
+) -> None:
     startup = [ln for ln in default_gateway.log_lines() if ln.get("event") == "startup"]
     assert len(startup) == 1
     assert "simulator" in startup[0]["message"] and "8 aliases" in startup[0]["message"]
@@ -49,12 +59,18 @@ def test_default_gateway_serves_all_aliases_with_the_sdk(default_gateway: Gatewa
     assert sorted(m.id for m in client.models.list()) == sorted(ALIASES)
     for alias in CHAT_ALIASES:
         reply = client.chat.completions.create(
-            model=alias, max_tokens=4, messages=[{"role": "user", "content": "hi"}])
+            model=alias, max_tokens=4, messages=[{"role": "user", "content": "hi"}]
+        )
         assert reply.model == alias and reply.choices[0].message.content
-        chunks = list(client.chat.completions.create(
-            model=alias, max_tokens=4, stream=True, messages=[{"role": "user", "content": "hi"}]))
-        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == \
-            reply.choices[0].message.content
+        chunks = list(
+            client.chat.completions.create(
+                model=alias, max_tokens=4, stream=True, messages=[{"role": "user", "content": "hi"}]
+            )
+        )
+        assert (
+            "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+            == reply.choices[0].message.content
+        )
     emb = client.embeddings.create(model="prometheus-atlas", input=["a", "b c"], dimensions=64)
     assert [len(d.embedding) for d in emb.data] == [64, 64]
     again = client.embeddings.create(model="prometheus-atlas", input=["a", "b c"], dimensions=64)
@@ -64,15 +80,26 @@ def test_default_gateway_serves_all_aliases_with_the_sdk(default_gateway: Gatewa
 
 def test_usage_shows_the_key_within_two_seconds(default_gateway: GatewayProcess) -> None:
     created = default_gateway.create_key("usage-demo")
-    client = openai.OpenAI(base_url=default_gateway.base_url, api_key=created["key"],
-                           max_retries=0)
-    for _ in client.chat.completions.create(model="prometheus-pulse", max_tokens=8, stream=True,
-                                            messages=[{"role": "user", "content": "hi"}]):
+    client = openai.OpenAI(base_url=default_gateway.base_url, api_key=created["key"], max_retries=0)
+    for _ in client.chat.completions.create(
+        model="prometheus-pulse",
+        max_tokens=8,
+        stream=True,
+        messages=[{"role": "user", "content": "hi"}],
+    ):
         pass
     ended = time.monotonic()
-    rows: list[dict[str, object]] = []
-    while time.monotonic() - ended < 2.0 and not rows:
-        rows = default_gateway.usage(created["id"])
+    # `usage` reads these SQLite rows; they are probed directly to time the promise,
+    # since one `usage` run (a new interpreter) can take a good part of the 2 s itself
+    assert_holds_within(
+        lambda: default_gateway.db_rows(
+            "SELECT request_id FROM requests WHERE key_id = ?", created["id"]
+        ),
+        since=ended,
+        promised_s=2.0,
+        message="the request's usage row in SQLite",
+    )
+    rows = default_gateway.usage(created["id"])
     assert len(rows) == 1
     row = rows[0]
     assert row["requests"] == 1 and row["output_tokens"] == 8
@@ -84,8 +111,14 @@ def test_usage_shows_the_key_within_two_seconds(default_gateway: GatewayProcess)
 def test_console_script_is_installed_and_prints_a_key(tmp_path: Path) -> None:
     script = shutil.which("prometheus-gateway", path=str(Path(sys.executable).parent))
     assert script, "the console script is not installed next to the interpreter"
-    done = subprocess.run([script, "keys", "create", "--name", "demo"], cwd=tmp_path,
-                          env=gateway_env(), capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [script, "keys", "create", "--name", "demo"],
+        cwd=tmp_path,
+        env=gateway_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     key = done.stdout.strip()
     assert re.fullmatch(r"prom_sk_[A-Za-z0-9_-]{32,}", key), key
@@ -93,31 +126,52 @@ def test_console_script_is_installed_and_prints_a_key(tmp_path: Path) -> None:
 
 def test_standalone_simulator_is_an_openai_upstream(tmp_path: Path) -> None:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "proxy", "sim", "--port", str(port),
-                             "--ttft-ms", "20", "--tokens-per-second", "500"],
-                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "proxy",
+            "sim",
+            "--port",
+            str(port),
+            "--ttft-ms",
+            "20",
+            "--tokens-per-second",
+            "500",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+    def answers() -> bool:
+        assert proc.poll() is None, proc.communicate()[0].decode(errors="replace")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=1):
+                return True
+        except OSError:
+            return False
+
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=1)
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "the simulator did not start"
-                time.sleep(0.05)
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused",
-                               max_retries=0)
+        wait_for(answers, timeout=30, message="the simulator to answer /v1/models")
+        client = openai.OpenAI(
+            base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0
+        )
         started = time.monotonic()
         stream = client.chat.completions.create(
-            model="anything", max_tokens=25, stream=True,
+            model="anything",
+            max_tokens=25,
+            stream=True,
             stream_options={"include_usage": True},
-            messages=[{"role": "user", "content": "hello"}])
+            messages=[{"role": "user", "content": "hello"}],
+        )
         chunks = list(stream)
         elapsed = time.monotonic() - started
         assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 25
         assert elapsed >= 0.02 + 24 / 500 * 0.8  # paced: TTFT plus tokens at the given rate
-        emb = client.embeddings.create(model="x", input="hi", dimensions=16,
-                                       encoding_format="base64")
+        emb = client.embeddings.create(
+            model="x", input="hi", dimensions=16, encoding_format="base64"
+        )
         raw = base64.b64decode(emb.data[0].embedding)  # type: ignore[arg-type]
         assert len(struct.unpack("<16f", raw)) == 16
     finally:
@@ -126,6 +180,7 @@ def test_standalone_simulator_is_an_openai_upstream(tmp_path: Path) -> None:
 
 
 # -- config and environment, read the way `serve` reads them -----------------------------
+
 
 def test_openai_key_in_env_switches_defaults_to_openai(tmp_path: Path) -> None:
     cfg = load_config(None, env={"OPENAI_API_KEY": "sk-live", "PWD": str(tmp_path)})
@@ -173,20 +228,28 @@ provider = "sim"
     assert any("my-alias" in w and "costs 0" in w for w in cfg.warnings)
 
 
-@pytest.mark.parametrize("text", [
-    "[[models.prometheus-core.deployments]]\nprovider = 'nope'\n",
-    "[[models.prometheus-core.deployments]]\nprovider = 'openai'\n",  # no base_url
-    "[models.new-alias]\nkind = 'chat'\n",  # a new alias without deployments
-    "this is = not toml [",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[[models.prometheus-core.deployments]]\nprovider = 'nope'\n",
+        "[[models.prometheus-core.deployments]]\nprovider = 'openai'\n",  # no base_url
+        "[models.new-alias]\nkind = 'chat'\n",  # a new alias without deployments
+        "this is = not toml [",
+    ],
+)
 def test_bad_config_is_refused_clearly(tmp_path: Path, text: str) -> None:
     path = tmp_path / "bad.toml"
     path.write_text(text)
     with pytest.raises(ConfigError):
         load_config(str(path), env={})
-    done = subprocess.run([sys.executable, "-m", "proxy", "serve", "--config", str(path),
-                           "--port", str(free_port())], cwd=tmp_path, env=gateway_env(),
-                          capture_output=True, text=True, timeout=30)
+    done = subprocess.run(
+        [sys.executable, "-m", "proxy", "serve", "--config", str(path), "--port", str(free_port())],
+        cwd=tmp_path,
+        env=gateway_env(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert done.returncode == 2
     assert "prometheus-gateway:" in done.stderr and "Traceback" not in done.stderr
 
@@ -196,8 +259,9 @@ def test_admin_api_is_off_without_an_admin_key(tmp_path: Path) -> None:
     del gw.env["PROMETHEUS_ADMIN_KEY"]
     gw.start()
     try:
-        req = urllib.request.Request(f"{gw.root_url}/admin/keys", method="GET",
-                                     headers={"Authorization": "Bearer anything"})
+        req = urllib.request.Request(
+            f"{gw.root_url}/admin/keys", method="GET", headers={"Authorization": "Bearer anything"}
+        )
         with pytest.raises(urllib.error.HTTPError) as info:
             urllib.request.urlopen(req, timeout=5)
         assert info.value.code == 403

@@ -10,15 +10,14 @@ import hashlib
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import openai
-
 from gateway_process import GatewayProcess, gateway_config, gateway_env
 from upstream_app import Upstream
+from waiting import wait_for
 
-NO_NETWORK = '''
+NO_NETWORK = """
 import socket
 _real_connect = socket.socket.connect
 def _loopback_only(self, address):
@@ -33,7 +32,7 @@ def _no_dns(host, *args, **kwargs):
         raise socket.gaierror(-2, "name resolution disabled (test)")
     return _real_getaddrinfo(host, *args, **kwargs)
 socket.getaddrinfo = _no_dns
-'''
+"""
 
 
 def _offline_env(tmp_path: Path) -> dict[str, str]:
@@ -42,12 +41,17 @@ def _offline_env(tmp_path: Path) -> dict[str, str]:
     (site / "sitecustomize.py").write_text(NO_NETWORK)
     cache = tmp_path / "empty-tiktoken-cache"
     cache.mkdir(exist_ok=True)
-    return gateway_env({"PYTHONPATH": str(site), "TIKTOKEN_CACHE_DIR": str(cache),
-                        "DATA_GYM_CACHE_DIR": str(cache)})
+    return gateway_env(
+        {
+            "PYTHONPATH": str(site),
+            "TIKTOKEN_CACHE_DIR": str(cache),
+            "DATA_GYM_CACHE_DIR": str(cache),
+        }
+    )
 
 
 def test_counting_works_with_the_network_unreachable(tmp_path: Path) -> None:
-    script = '''
+    script = """
 import json, socket
 from proxy.metering import tokens
 try:
@@ -61,9 +65,15 @@ print(json.dumps({
     "cl100k": tokens.count_text("hello world, how are you?", "cl100k_base"),
     "chat": tokens.count_chat_input({"messages": [{"role": "user", "content": "hi"}]}),
 }))
-'''
-    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=_offline_env(tmp_path),
-                          capture_output=True, text=True, timeout=60)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env=_offline_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     got = json.loads(done.stdout)
     assert got["blocked"] is True
@@ -86,20 +96,21 @@ def test_bundled_files_match_the_published_sha256() -> None:
 
 def test_gateway_counts_locally_offline(upstream: Upstream, tmp_path: Path) -> None:
     """The running gateway, cut off from the internet, still bills a reply without usage."""
-    gw = GatewayProcess(tmp_path / "gw", gateway_config(upstream.base_url),
-                        env=_offline_env(tmp_path))
+    gw = GatewayProcess(
+        tmp_path / "gw", gateway_config(upstream.base_url), env=_offline_env(tmp_path)
+    )
     gw.start()
     try:
         created = gw.create_key("offline")
         client = openai.OpenAI(base_url=gw.base_url, api_key=created["key"], max_retries=0)
         reply = client.chat.completions.create(
-            model="prometheus-lite", messages=[{"role": "user", "content": "__no_usage__ hi"}])
+            model="prometheus-lite", messages=[{"role": "user", "content": "__no_usage__ hi"}]
+        )
         assert reply.usage is None
-        deadline = time.monotonic() + 5
-        rows: list[tuple[object, ...]] = []
-        while not rows and time.monotonic() < deadline:
-            rows = gw.db_rows("SELECT status, output_tokens, usage_source FROM requests")
-            time.sleep(0.05)
+        rows = wait_for(
+            lambda: gw.db_rows("SELECT status, output_tokens, usage_source FROM requests"),
+            message="the reply's usage record",
+        )
         from proxy.metering.tokens import count_text
 
         assert rows == [(200, count_text(reply.choices[0].message.content or ""), "local")]

@@ -15,7 +15,9 @@ Behaviour is chosen by the request, the way a real upstream's would be:
   answer that status in OpenAI's error shape;
   `__cut_after_3__` streams three content chunks, then drops the connection;
   `__no_usage__` never sends usage (neither in JSON nor in the stream);
-  `__slow__` pauses 0.3 s between stream chunks.
+  `__hold_after_3__` streams three content chunks, then sends nothing more
+  until the client hangs up (at most `HOLD_MAX_S`): a client that leaves
+  mid-stream has certainly been sent exactly three words.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from aiohttp import web
 
 REPLY_WORDS = 12
 CHUNK_PAUSE_S = 0.004
+HOLD_MAX_S = 60.0
 UPSTREAM_KEY = "sk-upstream-secret"
 
 
@@ -57,11 +60,17 @@ def _last_user_text(body: dict[str, Any]) -> str:
     return ""
 
 
-def _error(status: int, message: str, code: str, kind: str = "invalid_request_error",
-           headers: dict[str, str] | None = None) -> web.Response:
+def _error(
+    status: int,
+    message: str,
+    code: str,
+    kind: str = "invalid_request_error",
+    headers: dict[str, str] | None = None,
+) -> web.Response:
     body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
-    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json",
-                        headers=headers)
+    return web.Response(
+        status=status, body=orjson.dumps(body), content_type="application/json", headers=headers
+    )
 
 
 class Upstream:
@@ -131,16 +140,21 @@ class Upstream:
         raw = await request.read()
         body = orjson.loads(raw)
         with self._lock:
-            self.requests.append({"path": request.path, "headers": dict(request.headers),
-                                  "body": body, "raw": raw})
+            self.requests.append(
+                {"path": request.path, "headers": dict(request.headers), "body": body, "raw": raw}
+            )
         return body
 
     # -- handlers --------------------------------------------------------
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await self._record(request)
         magic = _last_user_text(body)
-        for status, code in ((500, "server_error"), (401, "invalid_api_key"),
-                             (429, "rate_limit_exceeded"), (400, "context_length_exceeded")):
+        for status, code in (
+            (500, "server_error"),
+            (401, "invalid_api_key"),
+            (429, "rate_limit_exceeded"),
+            (400, "context_length_exceeded"),
+        ):
             if f"__status_{status}__" in magic:
                 headers = {"Retry-After": "7"} if status == 429 else None
                 kind = "server_error" if status == 500 else "invalid_request_error"
@@ -152,44 +166,75 @@ class Upstream:
         tool_call = None
         if body.get("tools"):
             fn = body["tools"][0]["function"]["name"]
-            tool_call = {"id": "call_abc123", "type": "function",
-                         "function": {"name": fn, "arguments": '{"city": "Paris"}'}}
+            tool_call = {
+                "id": "call_abc123",
+                "type": "function",
+                "function": {"name": fn, "arguments": '{"city": "Paris"}'},
+            }
         fmt = (body.get("response_format") or {}).get("type")
         if fmt in ("json_object", "json_schema"):
-            words = ['{"answer"', ': ', '"', "forty", "-two", '"}']
-        usage = {"prompt_tokens": prompt_tokens(body), "completion_tokens": len(words),
-                 "total_tokens": prompt_tokens(body) + len(words)}
+            words = ['{"answer"', ": ", '"', "forty", "-two", '"}']
+        usage = {
+            "prompt_tokens": prompt_tokens(body),
+            "completion_tokens": len(words),
+            "total_tokens": prompt_tokens(body) + len(words),
+        }
         send_usage = "__no_usage__" not in magic
         created = int(time.time())
         if not body.get("stream"):
-            message: dict[str, Any] = {"role": "assistant", "content": "".join(words),
-                                       "refusal": None}
+            message: dict[str, Any] = {
+                "role": "assistant",
+                "content": "".join(words),
+                "refusal": None,
+            }
             finish = "stop"
             if tool_call:
-                message = {"role": "assistant", "content": None, "tool_calls": [tool_call],
-                           "refusal": None}
+                message = {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [tool_call],
+                    "refusal": None,
+                }
                 finish = "tool_calls"
             reply = {
-                "id": "chatcmpl-upstream1", "object": "chat.completion", "created": created,
-                "model": body["model"], "system_fingerprint": "fp_test",
-                "choices": [{"index": 0, "message": message, "logprobs": None,
-                             "finish_reason": finish}],
+                "id": "chatcmpl-upstream1",
+                "object": "chat.completion",
+                "created": created,
+                "model": body["model"],
+                "system_fingerprint": "fp_test",
+                "choices": [
+                    {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
+                ],
                 "usage": usage if send_usage else None,
             }
             if not send_usage:
                 del reply["usage"]
             return web.Response(body=orjson.dumps(reply), content_type="application/json")
-        return await self._stream(request, body, words, tool_call, usage, send_usage, magic,
-                                  created)
+        return await self._stream(
+            request, body, words, tool_call, usage, send_usage, magic, created
+        )
 
-    async def _stream(self, request: web.Request, body: dict[str, Any], words: list[str],
-                      tool_call: dict[str, Any] | None, usage: dict[str, int],
-                      send_usage: bool, magic: str, created: int) -> web.StreamResponse:
+    async def _stream(
+        self,
+        request: web.Request,
+        body: dict[str, Any],
+        words: list[str],
+        tool_call: dict[str, Any] | None,
+        usage: dict[str, int],
+        send_usage: bool,
+        magic: str,
+        created: int,
+    ) -> web.StreamResponse:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
-        pause = 0.3 if "__slow__" in magic else CHUNK_PAUSE_S
-        base = {"id": "chatcmpl-upstream2", "object": "chat.completion.chunk",
-                "created": created, "model": body["model"], "system_fingerprint": "fp_test"}
+        pause = CHUNK_PAUSE_S
+        base = {
+            "id": "chatcmpl-upstream2",
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": body["model"],
+            "system_fingerprint": "fp_test",
+        }
         include_usage = (body.get("stream_options") or {}).get("include_usage") is True
 
         def event(choices: list[dict[str, Any]], usage_value: Any = None) -> bytes:
@@ -199,18 +244,61 @@ class Upstream:
             return b"data: " + orjson.dumps(chunk) + b"\n\n"
 
         try:
-            await resp.write(event([{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                     "logprobs": None, "finish_reason": None}]))
+            await resp.write(
+                event(
+                    [
+                        {
+                            "index": 0,
+                            "delta": {"role": "assistant", "content": ""},
+                            "logprobs": None,
+                            "finish_reason": None,
+                        }
+                    ]
+                )
+            )
             if tool_call:
-                await resp.write(event([{"index": 0, "delta": {"tool_calls": [
-                    {"index": 0, "id": tool_call["id"], "type": "function",
-                     "function": {"name": tool_call["function"]["name"], "arguments": ""}}]},
-                    "logprobs": None, "finish_reason": None}]))
+                await resp.write(
+                    event(
+                        [
+                            {
+                                "index": 0,
+                                "delta": {
+                                    "tool_calls": [
+                                        {
+                                            "index": 0,
+                                            "id": tool_call["id"],
+                                            "type": "function",
+                                            "function": {
+                                                "name": tool_call["function"]["name"],
+                                                "arguments": "",
+                                            },
+                                        }
+                                    ]
+                                },
+                                "logprobs": None,
+                                "finish_reason": None,
+                            }
+                        ]
+                    )
+                )
                 for part in ('{"city": ', '"Paris"}'):
                     await asyncio.sleep(pause)
-                    await resp.write(event([{"index": 0, "delta": {"tool_calls": [
-                        {"index": 0, "function": {"arguments": part}}]},
-                        "logprobs": None, "finish_reason": None}]))
+                    await resp.write(
+                        event(
+                            [
+                                {
+                                    "index": 0,
+                                    "delta": {
+                                        "tool_calls": [
+                                            {"index": 0, "function": {"arguments": part}}
+                                        ]
+                                    },
+                                    "logprobs": None,
+                                    "finish_reason": None,
+                                }
+                            ]
+                        )
+                    )
                 finish = "tool_calls"
             else:
                 for i, word in enumerate(words):
@@ -220,11 +308,24 @@ class Upstream:
                         assert request.transport is not None
                         request.transport.abort()
                         return resp
-                    await resp.write(event([{"index": 0, "delta": {"content": word},
-                                             "logprobs": None, "finish_reason": None}]))
+                    if "__hold_after_3__" in magic and i == 3:
+                        await _until_the_client_leaves(request)  # then the write fails
+                    await resp.write(
+                        event(
+                            [
+                                {
+                                    "index": 0,
+                                    "delta": {"content": word},
+                                    "logprobs": None,
+                                    "finish_reason": None,
+                                }
+                            ]
+                        )
+                    )
                 finish = "stop"
-            await resp.write(event([{"index": 0, "delta": {}, "logprobs": None,
-                                     "finish_reason": finish}]))
+            await resp.write(
+                event([{"index": 0, "delta": {}, "logprobs": None, "finish_reason": finish}])
+            )
             if include_usage and send_usage:
                 await resp.write(event([], usage))
             await resp.write(b"data: [DONE]\n\n")
@@ -252,6 +353,20 @@ class Upstream:
             if body.get("encoding_format") == "base64":
                 emb = base64.b64encode(struct.pack(f"<{dims}f", *vec)).decode()
             data.append({"object": "embedding", "index": i, "embedding": emb})
-        reply = {"object": "list", "data": data, "model": body["model"],
-                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+        reply = {
+            "object": "list",
+            "data": data,
+            "model": body["model"],
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
         return web.Response(body=orjson.dumps(reply), content_type="application/json")
+
+
+async def _until_the_client_leaves(request: web.Request) -> None:
+    """Send nothing until the client closes the connection, or HOLD_MAX_S pass."""
+    deadline = time.monotonic() + HOLD_MAX_S
+    while time.monotonic() < deadline:
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            return
+        await asyncio.sleep(0.01)
