@@ -2,9 +2,10 @@
 
 Used by the chat handler for `stream: true`, whatever the provider: each
 piece the reply yields (already in OpenAI's chunk shape) is written as it
-comes. The meter settles before the last bytes go out; an upstream that
-breaks off mid-stream gets the client an OpenAI-shaped error event and a 502
-record.
+comes. The meter settles before the last bytes go out. Once the response has
+begun, no failure may start a second one: an upstream that breaks off, or
+anything unexpected, ends the stream with an OpenAI-shaped error event, the
+upstream closed and the meter's record written (502, or 500 for a bug).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import orjson
 from aiohttp import web
 
 from proxy.metering.meter import Meter
-from proxy.providers.base import Reply, UpstreamTimeout, UpstreamUnavailable
+from proxy.providers.base import Reply, UpstreamBadReply, UpstreamTimeout, UpstreamUnavailable
+from proxy.server.state import STATE
 
 SSE_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
@@ -33,6 +35,19 @@ async def _settle_ended(meter: Meter, reply: Reply) -> None:
         await meter.settle(502, "upstream_incomplete_stream")
 
 
+def error_event(message: str, code: str, kind: str = "api_error") -> bytes:
+    body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    return b"data: " + orjson.dumps(body) + b"\n\n"
+
+
+async def _end_with_error(resp: web.StreamResponse, event: bytes) -> None:
+    try:
+        await resp.write(event)
+        await resp.write_eof()
+    except ConnectionResetError:
+        pass
+
+
 async def relay_stream(
     request: web.Request, resp: web.StreamResponse, meter: Meter, reply: Reply
 ) -> None:
@@ -44,23 +59,24 @@ async def relay_stream(
             await resp.write(piece)
     except (UpstreamUnavailable, UpstreamTimeout) as exc:
         reply.close()
-        code = "upstream_timeout" if isinstance(exc, UpstreamTimeout) else "upstream_disconnected"
+        if isinstance(exc, UpstreamTimeout):
+            code = "upstream_timeout"
+        elif isinstance(exc, UpstreamBadReply):
+            code = "upstream_bad_reply"
+        else:
+            code = "upstream_disconnected"
+        request["error_detail"] = str(exc)
         await meter.settle(502, code)
-        message = orjson.dumps(
-            {
-                "error": {
-                    "message": "The upstream stream broke off.",
-                    "type": "api_error",
-                    "param": None,
-                    "code": code,
-                }
-            }
-        )
-        try:
-            await resp.write(b"data: " + message + b"\n\n")
-            await resp.write_eof()
-        except ConnectionResetError:
-            pass
+        await _end_with_error(resp, error_event("The upstream stream broke off.", code))
+        return
+    except ConnectionResetError:
+        raise  # the client left: the meter bills it as such
+    except Exception:
+        reply.close()
+        request.app[STATE].log.exception("stream_failed", request_id=request["rid"])
+        await meter.settle(500, "internal_error")
+        message = "The gateway failed while streaming the reply."
+        await _end_with_error(resp, error_event(message, "internal_error"))
         return
     await _settle_ended(meter, reply)
     await resp.write_eof()

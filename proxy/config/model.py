@@ -36,7 +36,11 @@ class Deployment:
     base_url: str = ""
     api_key: str = field(default="", repr=False)
     weight: float = 1.0
-    timeout_s: float = 600.0
+    timeout_s: float = 600.0  # idle: the longest silence while reading a reply
+    first_byte_timeout_s: float = 120.0  # until the upstream's answer (status, headers) begins
+    total_timeout_s: float = 900.0  # the whole exchange, stream included
+    max_reply_mb: float = 100.0  # a whole JSON reply
+    max_event_kb: float = 1024.0  # one SSE event
     encoding: str = "o200k_base"
     # simulator pace (provider = "sim" only)
     ttft_ms: float = 0.0

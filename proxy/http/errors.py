@@ -3,6 +3,10 @@
 Raised as `GatewayError` anywhere on the request path; `proxy.http.middleware`'s
 middleware turns each into `{"error": {"message", "type", "param", "code"}}`
 with its HTTP status (CONTRACT.md lists them).
+
+A client-facing message never carries an upstream's address, an exception's
+text or an upstream's 5xx message: those go in `detail`, which only the
+request's log line shows (with its request id).
 """
 
 from __future__ import annotations
@@ -23,8 +27,10 @@ class GatewayError(Exception):
         code: str | None = None,
         param: str | None = None,
         headers: dict[str, str] | None = None,
+        detail: str | None = None,
     ) -> None:
         super().__init__(message)
+        self.detail = detail  # for the log line only, never sent
         self.status = status
         self.message = message
         self.type = type
@@ -125,15 +131,36 @@ def body_too_large(limit: int) -> GatewayError:
 def upstream_unavailable(detail: str) -> GatewayError:
     return GatewayError(
         502,
-        f"The upstream provider is unavailable: {detail}",
+        "The upstream provider is unavailable.",
         type="api_error",
         code="upstream_unavailable",
+        detail=detail,
     )
 
 
-def upstream_timeout() -> GatewayError:
+def upstream_bad_reply(detail: str) -> GatewayError:
     return GatewayError(
-        504, "The upstream provider timed out.", type="api_error", code="upstream_timeout"
+        502,
+        "The upstream provider sent a reply the gateway could not use.",
+        type="api_error",
+        code="upstream_bad_reply",
+        detail=detail,
+    )
+
+
+def upstream_error(detail: str) -> GatewayError:
+    return GatewayError(
+        502, "The upstream provider failed.", type="api_error", code="upstream_error", detail=detail
+    )
+
+
+def upstream_timeout(detail: str = "") -> GatewayError:
+    return GatewayError(
+        504,
+        "The upstream provider timed out.",
+        type="api_error",
+        code="upstream_timeout",
+        detail=detail or None,
     )
 
 

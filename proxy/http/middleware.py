@@ -48,6 +48,8 @@ def _http_error(exc: web.HTTPException, max_body_bytes: int) -> GatewayError:
 
 def _error_response(request: web.Request, err: GatewayError) -> web.Response:
     request["error"] = err.code
+    if err.detail:
+        request["error_detail"] = err.detail
     return err.response()
 
 
@@ -100,6 +102,7 @@ def log_request(state: GatewayState, request: web.Request, status: int) -> None:
             ttft_ms=usage["ttft_ms"],
             usage_source=usage["usage_source"],
             error=usage["error"],
+            detail=request.get("error_detail"),
         )
         return
     if request.path == "/healthz":
@@ -114,4 +117,5 @@ def log_request(state: GatewayState, request: web.Request, status: int) -> None:
         status=status,
         latency_ms=round((time.perf_counter() - request["t0"]) * 1000.0, 3),
         error=request.get("error"),
+        detail=request.get("error_detail"),
     )

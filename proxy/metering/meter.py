@@ -12,7 +12,10 @@ business, in `__aexit__`:
 - anything else (a bug): 500, and what was produced is billed.
 
 Billed tokens are the upstream's report (`reply.usage`) or, where it sent
-none, a local tiktoken count of the prompt and of `reply.text()`. The record
+none (or a report with counts that cannot be right), a local tiktoken count of
+the prompt and of `reply.text()`; `usage_source` says which. A client that
+left before any upstream answered is billed nothing: the upstream may never
+have seen the prompt. The record
 goes to the process's `UsageWriter` and is left on the request for the log
 line that `proxy.http.middleware` writes.
 """
@@ -105,14 +108,22 @@ class Meter:
         if self.record is not None:
             return
         reply = self.reply
-        usage = None if reply is None else reply.usage
+        if reply is None:  # no upstream answered: nothing was processed to bill
+            self._write(status, None, "none", error)
+            return
+        usage = reply.usage
         if usage is not None:
             self._write(status, (usage.input_tokens, usage.output_tokens), "upstream", error)
             return
-        dep = self.deployment or self._route.deployments[0]
-        counted = await self._count(dep, "" if reply is None else reply.text())
+        source = "local_invalid_upstream" if reply.usage_rejected else "local"
+        try:
+            counted: tuple[int, int] | None = await self._count(
+                self.deployment or self._route.deployments[0], reply.text()
+            )
+        except Exception:  # the record matters more than the count: write it uncounted
+            counted, source = None, "uncounted"
         if self.record is None:  # not written meanwhile by another way out
-            self._write(status, counted, "local", error)
+            self._write(status, counted, source, error)
 
     def _write(
         self, status: int, tokens: tuple[int, int] | None, source: str, error: str | None

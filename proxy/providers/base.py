@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeGuard
 
 from proxy.config.model import Deployment
 from proxy.http.errors import GatewayError
@@ -28,8 +28,21 @@ class UpstreamUnavailable(Exception):
     """The upstream could not be reached, broke the connection, or sent nonsense."""
 
 
+class UpstreamBadReply(UpstreamUnavailable):
+    """The upstream answered with something the gateway cannot use (not JSON, not
+    SSE, over a size cap)."""
+
+
 class UpstreamTimeout(Exception):
     """The upstream did not answer in time."""
+
+
+MAX_COUNT = 2**31
+"""Token counts at or above this (or negative, or not integers) are no report."""
+
+
+def sane_count(value: object) -> TypeGuard[int]:
+    return type(value) is int and 0 <= value < MAX_COUNT
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +82,7 @@ class Reply:
     error: GatewayError | None = None  # set when status >= 400: what the client sees
     retry_after: str | None = None
     usage: Usage | None = None  # once the upstream reported it
+    usage_rejected: bool = False  # the upstream reported usage the gateway cannot trust
     first_content_at: float | None = None  # perf_counter() of the first content (streams)
     ended: bool = False  # stream: no more bytes will come after the current piece
     complete: bool = False  # stream: the upstream ended it properly

@@ -3,7 +3,9 @@
 Called by `proxy.providers.openai.provider` for every upstream status >= 400.
 Rate limits keep their Retry-After; a rejection of the gateway's own
 credentials or an upstream failure is the gateway's problem (502), never the
-client's; other 4xx answers reach the client with the upstream's message.
+client's, and its message goes to the log only (it may name hosts or
+internals); other 4xx answers reach the client with the upstream's message,
+with the deployment's own credential cut out of it.
 """
 
 from __future__ import annotations
@@ -12,10 +14,19 @@ from typing import Any
 
 import orjson
 
+from proxy.http import errors
 from proxy.http.errors import GatewayError
 
+MAX_MESSAGE = 2000  # characters of an upstream's message passed on to the client
 
-def upstream_error(status: int, raw: bytes, retry_after: str | None) -> GatewayError:
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)[:200]
+
+
+def upstream_error(
+    status: int, raw: bytes, retry_after: str | None, credential: str = ""
+) -> GatewayError:
     message, kind, code, param = f"upstream answered {status}", None, None, None
     try:
         body: Any = orjson.loads(raw)
@@ -27,13 +38,17 @@ def upstream_error(status: int, raw: bytes, retry_after: str | None) -> GatewayE
             message = err
     except orjson.JSONDecodeError:
         pass
+    if credential:
+        message = message.replace(credential, "[redacted]")
+    message = message[:MAX_MESSAGE]
+    detail = f"upstream answered {status}: {message}"
     if status == 429:
         headers = {"Retry-After": retry_after} if retry_after else None
         return GatewayError(
             429,
             message,
-            type=str(kind or "rate_limit_error"),
-            code=str(code or "rate_limit_exceeded"),
+            type=_text(kind) or "rate_limit_error",
+            code=_text(code) or "rate_limit_exceeded",
             headers=headers,
         )
     if status in (401, 403):
@@ -42,15 +57,14 @@ def upstream_error(status: int, raw: bytes, retry_after: str | None) -> GatewayE
             "The upstream provider rejected the gateway's credentials.",
             type="api_error",
             code="upstream_auth_failed",
+            detail=detail,
         )
     if status >= 500:
-        return GatewayError(
-            502, f"The upstream provider failed: {message}", type="api_error", code="upstream_error"
-        )
+        return errors.upstream_error(detail)
     return GatewayError(
         status,
         message,
-        type=str(kind or "invalid_request_error"),
-        code=None if code is None else str(code),
-        param=None if param is None else str(param),
+        type=_text(kind) or "invalid_request_error",
+        code=_text(code),
+        param=_text(param),
     )

@@ -6,21 +6,36 @@ own small slice; `EmbeddingsReply`: the embeddings list with `model` set;
 `SseChatReply`: the SSE stream through `_fastpath.SseRewriter` (model
 rewritten per event, first content noted, usage picked out and dropped again
 when the client did not ask for it), piece by piece as it arrives.
+
+What the upstream sends is never trusted: a reply over `max_reply_mb`, an SSE
+event over `max_event_kb` or a reply that is not JSON is a bad reply, and a
+usage report whose counts are not sane (negative, not integers, 2^31 or more,
+not JSON) is no report: the meter then counts locally.
 """
 
 from __future__ import annotations
 
-import time
+import asyncio
 from collections.abc import AsyncIterator
+from time import perf_counter
 from typing import Any
 
 import aiohttp
 import orjson
 
 from _fastpath import SseRewriter, encode_alias, rewrite_model
-from proxy.providers.base import Reply, UpstreamTimeout, UpstreamUnavailable, Usage
+from proxy.config.model import Deployment
+from proxy.providers.base import (
+    Reply,
+    UpstreamBadReply,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    Usage,
+    sane_count,
+)
 
 _ALIAS_JSON: dict[str, bytes] = {}  # alias -> its JSON string token
+MIB = 1024 * 1024
 
 
 def alias_json(alias: str) -> bytes:
@@ -31,13 +46,20 @@ def alias_json(alias: str) -> bytes:
 
 
 def usage_of(usage: Any) -> Usage | None:
-    """OpenAI's `usage` object as counts, or None when it holds no usable count."""
+    """OpenAI's `usage` object as counts, or None when it holds no sane count."""
     if not isinstance(usage, dict):
         return None
-    pin, pout = usage.get("prompt_tokens"), usage.get("completion_tokens")
-    if not isinstance(pin, int):
+    pin, pout = usage.get("prompt_tokens"), usage.get("completion_tokens", 0)
+    if not sane_count(pin) or not (pout is None or sane_count(pout)):
         return None
-    return Usage(pin, pout if isinstance(pout, int) else 0)
+    return Usage(pin, pout or 0)
+
+
+def usage_of_json(raw: bytes) -> Usage | None:
+    try:
+        return usage_of(orjson.loads(raw))
+    except orjson.JSONDecodeError:
+        return None
 
 
 def message_text(choice: Any) -> str:
@@ -46,17 +68,31 @@ def message_text(choice: Any) -> str:
         return ""
     parts = [msg.get("content") or "", msg.get("refusal") or ""]
     for call in msg.get("tool_calls") or ():
-        parts.append(((call or {}).get("function") or {}).get("arguments") or "")
+        fn = call.get("function") if isinstance(call, dict) else None
+        parts.append(fn.get("arguments") or "" if isinstance(fn, dict) else "")
     return "".join(p for p in parts if isinstance(p, str))
 
 
-async def read_all(resp: aiohttp.ClientResponse) -> bytes:
+def client_errors(exc: BaseException) -> Exception:
+    """The upstream exception a reply raises for an aiohttp failure."""
+    if isinstance(exc, asyncio.TimeoutError):
+        return UpstreamTimeout(str(exc) or "timed out")
+    return UpstreamUnavailable(str(exc) or type(exc).__name__)
+
+
+async def read_all(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole body, or `UpstreamBadReply` past `limit` bytes."""
     try:
-        return await resp.read()
-    except TimeoutError as exc:
-        raise UpstreamTimeout() from exc
-    except aiohttp.ClientError as exc:
-        raise UpstreamUnavailable(str(exc) or type(exc).__name__) from exc
+        if resp.content_length is not None and resp.content_length > limit:
+            raise UpstreamBadReply(f"reply of {resp.content_length} bytes is over the cap")
+        body = bytearray()
+        async for chunk in resp.content.iter_any():
+            body += chunk
+            if len(body) > limit:
+                raise UpstreamBadReply(f"reply over the cap of {limit} bytes")
+        return bytes(body)
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        raise client_errors(exc) from exc
     finally:
         resp.release()
 
@@ -65,17 +101,21 @@ def _json_object(raw: bytes) -> dict[str, Any]:
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise UpstreamUnavailable(f"bad reply ({exc})") from None
+        raise UpstreamBadReply(f"not JSON ({exc})") from None
     if not isinstance(data, dict):
-        raise UpstreamUnavailable("bad reply (not a JSON object)")
+        raise UpstreamBadReply("not a JSON object")
     return data
 
 
 class _HttpReply(Reply):
-    def __init__(self, resp: aiohttp.ClientResponse, alias: str) -> None:
+    def __init__(self, resp: aiohttp.ClientResponse, alias: str, deployment: Deployment) -> None:
         self._resp = resp
         self._alias = alias
+        self._deployment = deployment
         self.status = resp.status
+
+    def _read(self) -> Any:
+        return read_all(self._resp, int(self._deployment.max_reply_mb * MIB))
 
     def close(self) -> None:
         self._resp.close()
@@ -85,19 +125,21 @@ class JsonChatReply(_HttpReply):
     _text = ""
 
     async def body(self) -> bytes:
-        raw = await read_all(self._resp)
+        raw = await self._read()
         # Fast path: the upstream's bytes with only the top-level "model" replaced,
         # usage read from its own small slice; nothing else is parsed or re-encoded.
         fast = rewrite_model(raw, alias_json(self._alias))
         if fast is not None and fast[1] is not None:
-            self.usage = usage_of(orjson.loads(fast[1]))
+            self.usage = usage_of_json(fast[1])
             if self.usage is not None:
                 return fast[0]
         # Slow path: not one valid JSON object (a parser gives the verdict), or no
         # usable usage (the text must then be counted locally).
         data = _json_object(raw)
-        self.usage = usage_of(data.get("usage"))
+        reported = data.get("usage")
+        self.usage = usage_of(reported)
         if self.usage is None:
+            self.usage_rejected = reported is not None
             self._text = "".join(message_text(c) for c in data.get("choices") or ())
         if fast is None:
             data["model"] = self._alias
@@ -110,41 +152,58 @@ class JsonChatReply(_HttpReply):
 
 class EmbeddingsReply(_HttpReply):
     async def body(self) -> bytes:
-        data = _json_object(await read_all(self._resp))
+        data = _json_object(await self._read())
         data["model"] = self._alias
         usage = data.get("usage")
         prompt = usage.get("prompt_tokens") if isinstance(usage, dict) else None
-        if isinstance(prompt, int):
+        if sane_count(prompt):
             self.usage = Usage(prompt, 0)
+        else:
+            self.usage_rejected = usage is not None
         return orjson.dumps(data)
 
 
 class SseChatReply(_HttpReply):
-    def __init__(self, resp: aiohttp.ClientResponse, alias: str, include_usage: bool) -> None:
-        super().__init__(resp, alias)
+    def __init__(
+        self,
+        resp: aiohttp.ClientResponse,
+        alias: str,
+        deployment: Deployment,
+        include_usage: bool,
+    ) -> None:
+        super().__init__(resp, alias, deployment)
         self._rewriter = SseRewriter(alias, include_usage)
 
     async def chunks(self) -> AsyncIterator[bytes]:
         rewriter = self._rewriter
+        event_cap = int(self._deployment.max_event_kb * 1024)
+        unfinished = 0  # bytes fed since an event last came out whole
         try:
             async for piece in self._resp.content.iter_any():
                 out = rewriter.feed(piece)
                 if self.first_content_at is None and rewriter.first_content:
-                    self.first_content_at = time.perf_counter()
-                if out:
-                    if self.usage is None and rewriter.usage_json is not None:
-                        self.usage = usage_of(orjson.loads(rewriter.usage_json))
-                    if rewriter.done:
-                        self._end()
-                    yield out
-        except TimeoutError as exc:
-            raise UpstreamTimeout() from exc
-        except aiohttp.ClientError as exc:
-            raise UpstreamUnavailable(str(exc) or type(exc).__name__) from exc
+                    self.first_content_at = perf_counter()
+                if not out:
+                    unfinished += len(piece)
+                    if unfinished > event_cap:
+                        raise UpstreamBadReply(f"an SSE event over {event_cap} bytes")
+                    continue
+                unfinished = 0
+                if self.usage is None and rewriter.usage_json is not None:
+                    self._take_usage(rewriter.usage_json)
+                if rewriter.done:
+                    self._end()
+                yield out
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise client_errors(exc) from exc
         tail = rewriter.finish()
         self._end()
         if tail:
             yield tail
+
+    def _take_usage(self, raw: bytes) -> None:
+        self.usage = usage_of_json(raw)
+        self.usage_rejected = self.usage is None
 
     def _end(self) -> None:
         if self.ended:
@@ -153,7 +212,7 @@ class SseChatReply(_HttpReply):
         usage_json = self._rewriter.usage_json
         self.complete = self._rewriter.done or usage_json is not None
         if self.usage is None and usage_json is not None:
-            self.usage = usage_of(orjson.loads(usage_json))
+            self._take_usage(usage_json)
 
     def text(self) -> str:
         return self._rewriter.text()
