@@ -145,8 +145,9 @@ def image_part_tokens(part: dict[str, Any]) -> int:
     image = part.get("image_url")
     url, detail = "", "auto"
     if isinstance(image, dict):
-        url = image.get("url") if isinstance(image.get("url"), str) else ""
-        detail = image.get("detail") if isinstance(image.get("detail"), str) else "auto"
+        found_url, found_detail = image.get("url"), image.get("detail")
+        url = found_url if isinstance(found_url, str) else ""
+        detail = found_detail if isinstance(found_detail, str) else "auto"
     elif isinstance(image, str):
         url = image
     if detail == "low":
