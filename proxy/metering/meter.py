@@ -32,10 +32,11 @@ from aiohttp import web
 
 from proxy.config.model import AliasRoute, Deployment
 from proxy.http.errors import GatewayError
-from proxy.providers.base import Reply
+from proxy.providers.base import Reply, Usage
 from proxy.usage.writer import UsageWriter
 
 CLIENT_GONE = 499  # nginx's status for "client closed the request"
+NO_USAGE = Usage(0, 0)
 
 LocalCount = Callable[[Deployment, str], Awaitable[tuple[int, int]]]
 """(input, output) tokens counted locally, given the deployment and the text produced."""
@@ -111,25 +112,23 @@ class Meter:
         if reply is None:  # no upstream answered: nothing was processed to bill
             self._write(status, None, "none", error)
             return
-        usage = reply.usage
-        if usage is not None:
-            self._write(status, (usage.input_tokens, usage.output_tokens), "upstream", error)
+        if reply.usage is not None:
+            self._write(status, reply.usage, "upstream", error)
             return
         source = "local_invalid_upstream" if reply.usage_rejected else "local"
+        counted: Usage | None = None
         try:
-            counted: tuple[int, int] | None = await self._count(
-                self.deployment or self._route.deployments[0], reply.text()
-            )
+            dep = self.deployment or self._route.deployments[0]
+            counted = Usage(*await self._count(dep, reply.text()))
         except Exception:  # the record matters more than the count: write it uncounted
-            counted, source = None, "uncounted"
+            source = "uncounted"
         if self.record is None:  # not written meanwhile by another way out
             self._write(status, counted, source, error)
 
-    def _write(
-        self, status: int, tokens: tuple[int, int] | None, source: str, error: str | None
-    ) -> None:
+    def _write(self, status: int, usage: Usage | None, source: str, error: str | None) -> None:
         request = self._request
-        input_tokens, output_tokens = tokens or (0, 0)
+        usage = usage or NO_USAGE
+        input_tokens, output_tokens = usage.input_tokens, usage.output_tokens
         ttft_ms = None
         first = None if self.reply is None or not self._stream else self.reply.first_content_at
         if first is not None:
@@ -145,6 +144,8 @@ class Meter:
             "stream": int(self._stream),
             "input_tokens": input_tokens,
             "output_tokens": output_tokens,
+            "cached_tokens": usage.cached_tokens,
+            "reasoning_tokens": usage.reasoning_tokens,
             "audio_seconds": 0.0,
             "cost_usd": self._route.price.cost(input_tokens, output_tokens, 0.0),
             "latency_ms": round((time.perf_counter() - request["t0"]) * 1000.0, 3),

@@ -65,10 +65,13 @@ class EmbeddingsRequest:
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """Tokens as the upstream reported them."""
+    """Tokens as the upstream reported them. Cached tokens are part of the input,
+    reasoning tokens part of the output (OpenAI's `*_tokens_details`)."""
 
     input_tokens: int
     output_tokens: int
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
 
 
 class Reply:

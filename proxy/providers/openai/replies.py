@@ -45,6 +45,12 @@ def alias_json(alias: str) -> bytes:
     return token
 
 
+def _detail(usage: dict[str, Any], details: str, name: str) -> int:
+    found = usage.get(details)
+    value = found.get(name) if isinstance(found, dict) else None
+    return value if sane_count(value) else 0
+
+
 def usage_of(usage: Any) -> Usage | None:
     """OpenAI's `usage` object as counts, or None when it holds no sane count."""
     if not isinstance(usage, dict):
@@ -52,7 +58,12 @@ def usage_of(usage: Any) -> Usage | None:
     pin, pout = usage.get("prompt_tokens"), usage.get("completion_tokens", 0)
     if not sane_count(pin) or not (pout is None or sane_count(pout)):
         return None
-    return Usage(pin, pout or 0)
+    return Usage(
+        pin,
+        pout or 0,
+        _detail(usage, "prompt_tokens_details", "cached_tokens"),
+        _detail(usage, "completion_tokens_details", "reasoning_tokens"),
+    )
 
 
 def usage_of_json(raw: bytes) -> Usage | None:
