@@ -60,7 +60,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     async with Meter(
         state.usage, request, route, ENDPOINT, chat.stream, chat_counter(chat.body)
     ) as meter:
-        reply, dep = await call_upstream(state.providers, route, call)
+        reply, dep = await call_upstream(state.providers, route, call, state.health)
         meter.attach(dep, reply)
         if not chat.stream:
             payload = await read_body(reply)

@@ -68,7 +68,7 @@ async def create_embeddings(request: web.Request) -> web.Response:
     async with Meter(
         state.usage, request, route, "embeddings", False, input_counter(emb.body["input"])
     ) as meter:
-        reply, dep = await call_upstream(state.providers, route, call)
+        reply, dep = await call_upstream(state.providers, route, call, state.health)
         meter.attach(dep, reply)
         payload = await read_body(reply)
         await meter.settle()

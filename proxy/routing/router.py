@@ -1,16 +1,14 @@
-"""Which alias, and which of its deployments to try first.
+"""Which alias a request is for, and whether this key may call it.
 
 Handlers call `resolve_route` once the body names an alias: known? allowed for
-this key? the right kind of endpoint? `proxy.routing.failover` then walks
-`deployment_order`: weighted random order without repeats.
+this key? the right kind of endpoint? `proxy.routing.failover` then walks the
+alias's deployments in the order `proxy.routing.health` gives.
 """
 
 from __future__ import annotations
 
-import random
-
 from proxy.auth.keys import KeyInfo
-from proxy.config.model import AliasRoute, Deployment
+from proxy.config.model import AliasRoute
 from proxy.http import errors
 
 
@@ -23,16 +21,3 @@ def resolve_route(routes: dict[str, AliasRoute], key: KeyInfo, alias: str, kind:
     if route.kind != kind:
         raise errors.wrong_endpoint(alias, route.kind)
     return route
-
-
-def deployment_order(route: AliasRoute) -> list[Deployment]:
-    deps = route.deployments
-    if len(deps) == 1:
-        return [deps[0]]
-    remaining = list(deps)
-    order = []
-    while remaining:
-        pick = random.choices(remaining, weights=[max(d.weight, 0.0001) for d in remaining])[0]
-        order.append(pick)
-        remaining.remove(pick)
-    return order

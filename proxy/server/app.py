@@ -16,12 +16,14 @@ from aiohttp import web
 
 from proxy import storage
 from proxy.admin import api as admin
+from proxy.admin import health as admin_health
 from proxy.api import chat, embeddings, health, models
 from proxy.auth.key_table import KeyTable
 from proxy.config.model import GatewayConfig
 from proxy.http.middleware import gateway_middleware
 from proxy.observability.logs import get_logger
 from proxy.providers import build_providers
+from proxy.routing.health import HealthBoard
 from proxy.server.state import STATE, GatewayState
 from proxy.server.tuning import tune_memory
 from proxy.usage.writer import UsageWriter
@@ -37,6 +39,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/admin/keys", admin.list_keys)
     app.router.add_post("/admin/keys/{key_id}/revoke", admin.revoke_key)
     app.router.add_get("/admin/usage", admin.usage)
+    app.router.add_get("/admin/health", admin_health.health)
 
 
 def build_app(config: GatewayConfig) -> web.Application:
@@ -58,6 +61,7 @@ def build_app(config: GatewayConfig) -> web.Application:
             usage=usage,
             db=db,
             admin_key=os.environ.get("PROMETHEUS_ADMIN_KEY") or None,
+            health=HealthBoard(),
             log=get_logger(),
         )
 

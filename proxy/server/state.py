@@ -12,6 +12,7 @@ from structlog.typing import FilteringBoundLogger
 from proxy.auth.key_table import KeyTable
 from proxy.config.model import AliasRoute, GatewayConfig
 from proxy.providers.base import Provider
+from proxy.routing.health import HealthBoard
 from proxy.usage.writer import UsageWriter
 
 
@@ -24,6 +25,7 @@ class GatewayState:
     usage: UsageWriter
     db: aiosqlite.Connection
     admin_key: str | None
+    health: HealthBoard
     log: FilteringBoundLogger
 
 

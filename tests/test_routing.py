@@ -1,0 +1,135 @@
+"""Routing that survives upstream faults: breakers, failover, retries.
+
+The breaker's states are checked directly (a pure object, with a clock the
+test moves); the rest through a gateway in front of `faulty_upstream`, with
+the official SDK, the admin health view and the upstream's own record of
+what reached it.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+
+import openai
+import pytest
+from faulty_upstream import REPLY, FaultyUpstream
+from gateway_process import ADMIN_KEY, GatewayProcess
+
+from proxy.routing import breaker as breakers
+from proxy.routing.breaker import CLOSED, HALF_OPEN, OPEN, Breaker
+
+MESSAGES = [{"role": "user", "content": "hello"}]
+
+
+def test_a_breaker_opens_after_consecutive_failures_and_probes_after_the_cooldown() -> None:
+    b = Breaker()
+    for _ in range(breakers.OPEN_AFTER_CONSECUTIVE - 1):
+        b.failed(0.0, "upstream_error")
+    assert b.state == CLOSED and b.allows(0.0)
+    b.failed(1.0, "upstream_error")
+    assert b.state == OPEN and not b.allows(1.0 + breakers.COOLDOWN_S - 0.1)
+    assert b.allows(1.0 + breakers.COOLDOWN_S)  # the one half-open probe
+    assert b.state == HALF_OPEN and not b.allows(1.0 + breakers.COOLDOWN_S)
+    b.failed(20.0, "upstream_error")  # the probe failed: open again, a new cool-down
+    assert b.state == OPEN and not b.allows(20.0 + breakers.COOLDOWN_S - 0.1)
+    assert b.allows(20.0 + breakers.COOLDOWN_S)
+    b.succeeded()
+    assert b.state == CLOSED and b.allows(0.0) and b.consecutive == 0
+
+
+def test_a_breaker_opens_on_a_failure_rate_without_a_streak() -> None:
+    b = Breaker()
+    for i in range(breakers.RATE_WINDOW):
+        if i % 3 == 2:
+            b.succeeded()
+        else:
+            b.failed(float(i), "upstream_error")
+        if b.state == OPEN:
+            break
+    assert b.state == OPEN  # two failures in three, never five in a row
+    assert b.consecutive < breakers.OPEN_AFTER_CONSECUTIVE
+
+
+def _config(base_url: str) -> str:
+    def dep(alias: str, model: str) -> str:
+        return (
+            f'\n[[models.{alias}.deployments]]\nprovider = "openai"\n'
+            f'base_url = "{base_url}"\nmodel = "{model}"\n'
+        )
+
+    return (
+        '[storage]\npath = "gateway.db"\n'
+        + dep("r-mixed", "leaky-500")
+        + dep("r-mixed", "ok")
+        + dep("r-single-500", "leaky-500")
+        + dep("r-ok", "ok")
+    )
+
+
+@pytest.fixture(scope="module")
+def faulty() -> Iterator[FaultyUpstream]:
+    up = FaultyUpstream()
+    up.start()
+    yield up
+    up.stop()
+
+
+@pytest.fixture(scope="module")
+def gw(
+    faulty: FaultyUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[GatewayProcess]:
+    gateway = GatewayProcess(tmp_path_factory.mktemp("routing"), _config(faulty.base_url))
+    gateway.start()
+    yield gateway
+    gateway.stop()
+
+
+@pytest.fixture(scope="module")
+def client(gw: GatewayProcess) -> openai.OpenAI:
+    key = gw.create_key("routing")["key"]
+    return openai.OpenAI(base_url=gw.base_url, api_key=key, max_retries=0, timeout=30)
+
+
+def _health(gw: GatewayProcess) -> list[dict[str, object]]:
+    req = urllib.request.Request(
+        f"{gw.root_url}/admin/health", headers={"Authorization": f"Bearer {ADMIN_KEY}"}
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return list(json.loads(resp.read())["data"])
+
+
+def test_a_failing_deployment_is_skipped_once_its_breaker_opens(
+    gw: GatewayProcess, client: openai.OpenAI, faulty: FaultyUpstream
+) -> None:
+    for _ in range(30):  # every request succeeds: the healthy deployment takes over
+        reply = client.chat.completions.create(model="r-mixed", messages=MESSAGES)
+        assert reply.choices[0].message.content == "".join(REPLY)
+    row = next(r for r in _health(gw) if r["alias"] == "r-mixed" and r["index"] == 0)
+    assert row["state"] == OPEN
+    assert row["last_error"] == "upstream_error"
+    sent_to_bad = len(faulty.models_seen("/chat/completions"))
+    for _ in range(10):
+        client.chat.completions.create(model="r-mixed", messages=MESSAGES)
+    seen = faulty.models_seen("/chat/completions")[sent_to_bad:]
+    assert seen.count("leaky-500") == 0 and seen.count("ok") == 10
+
+
+def test_a_lone_failing_deployment_is_retried_once_then_the_client_hears_502(
+    client: openai.OpenAI, faulty: FaultyUpstream
+) -> None:
+    before = faulty.models_seen("/chat/completions").count("leaky-500")
+    with pytest.raises(openai.InternalServerError) as caught:
+        client.chat.completions.create(model="r-single-500", messages=MESSAGES)
+    assert caught.value.status_code == 502
+    assert faulty.models_seen("/chat/completions").count("leaky-500") - before == 2
+
+
+def test_the_health_view_is_admin_only(gw: GatewayProcess) -> None:
+    req = urllib.request.Request(f"{gw.root_url}/admin/health")
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(req, timeout=10)
+    assert caught.value.code == 401
+    assert {r["alias"] for r in _health(gw)} >= {"r-mixed", "r-ok", "prometheus-core"}
