@@ -14,7 +14,7 @@ test alias's deployment names one), so one server serves every case:
 - `trickle`: a stream that sends one content event every 0.2 s, forever;
 - `huge`: a 50 KB JSON reply, or one 10 KB SSE event;
 - `rate-limited`: a 429 with `Retry-After: 7`;
-- anything else: a normal reply with sane usage.
+- anything else: a normal reply with sane usage (and `x-ratelimit-*` headers).
 
 It runs on its own event loop in a thread, on a free loopback port, and
 records the paths and models it was asked for.
@@ -31,6 +31,7 @@ from aiohttp import web
 
 SLOW_S = 5.0
 REPLY = ["one", " two", " three", " four"]
+LIMITS = {"x-ratelimit-limit-requests": "100", "x-ratelimit-remaining-requests": "99"}
 
 
 def _usage(model: str) -> bytes:
@@ -160,15 +161,12 @@ class FaultyUpstream:
             raise web.HTTPTemporaryRedirect("/v1/redirect-target")
         if model == "rate-limited":
             return _error(429, "slow down", "rate_limit_exceeded", {"Retry-After": "7"})
-        if model == "huge" and not stream:
-            return web.Response(
-                body=_completion(model, "x" * 50_000), content_type="application/json"
-            )
         if not stream:
+            text = "x" * 50_000 if model == "huge" else "".join(REPLY)
             return web.Response(
-                body=_completion(model, "".join(REPLY)), content_type="application/json"
+                body=_completion(model, text), content_type="application/json", headers=LIMITS
             )
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", **LIMITS})
         await resp.prepare(request)
         await resp.write(_chunk(model, {"role": "assistant", "content": ""}))
         if model == "trickle":

@@ -133,3 +133,19 @@ def test_the_health_view_is_admin_only(gw: GatewayProcess) -> None:
         urllib.request.urlopen(req, timeout=10)
     assert caught.value.code == 401
     assert {r["alias"] for r in _health(gw)} >= {"r-mixed", "r-ok", "prometheus-core"}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_replies_say_where_the_time_went_and_pass_on_the_upstream_rate_limits(
+    client: openai.OpenAI, stream: bool
+) -> None:
+    raw = client.chat.completions.with_raw_response.create(
+        model="r-ok", messages=MESSAGES, stream=stream
+    )
+    timing = raw.headers["server-timing"]
+    parts = dict(p.strip().split(";", 1) for p in timing.split(","))
+    assert set(parts) == {"gateway", "upstream", "deployment"}
+    assert float(parts["gateway"].split("=")[1]) >= 0
+    assert parts["deployment"] == 'desc="openai:ok"'
+    assert raw.headers["x-ratelimit-remaining-requests"] == "99"
+    assert raw.headers["x-ratelimit-limit-requests"] == "100"

@@ -8,11 +8,13 @@ usage record on every way out.
 
 from __future__ import annotations
 
+from time import perf_counter
 from typing import Any
 
 from aiohttp import web
 
 from proxy.api.streaming import relay_stream, sse_response
+from proxy.api.timing import served_headers
 from proxy.config.model import Deployment
 from proxy.http import errors
 from proxy.http.bodies import read_json_body, require_alias
@@ -60,11 +62,14 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     async with Meter(
         state.usage, request, route, ENDPOINT, chat.stream, chat_counter(chat.body)
     ) as meter:
+        called_at = perf_counter()
         reply, dep = await call_upstream(state.providers, route, call, state.health)
         meter.attach(dep, reply)
+        headers = served_headers(request, called_at, dep, reply)
         if not chat.stream:
             payload = await read_body(reply)
             await meter.settle()
-            return web.Response(body=payload, content_type="application/json")
+            return web.Response(body=payload, content_type="application/json", headers=headers)
+        resp.headers.update(headers)
         await relay_stream(request, resp, meter, reply)
     return resp

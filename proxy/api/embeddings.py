@@ -6,10 +6,12 @@ client sent them; `input` may be a string, a list of strings, or token-id lists.
 
 from __future__ import annotations
 
+from time import perf_counter
 from typing import Any
 
 from aiohttp import web
 
+from proxy.api.timing import served_headers
 from proxy.config.model import Deployment
 from proxy.http import errors
 from proxy.http.bodies import read_json_body, require_alias
@@ -68,8 +70,10 @@ async def create_embeddings(request: web.Request) -> web.Response:
     async with Meter(
         state.usage, request, route, "embeddings", False, input_counter(emb.body["input"])
     ) as meter:
+        called_at = perf_counter()
         reply, dep = await call_upstream(state.providers, route, call, state.health)
         meter.attach(dep, reply)
+        headers = served_headers(request, called_at, dep, reply)
         payload = await read_body(reply)
         await meter.settle()
-    return web.Response(body=payload, content_type="application/json")
+    return web.Response(body=payload, content_type="application/json", headers=headers)

@@ -87,6 +87,7 @@ class Reply:
     usage: Usage | None = None  # once the upstream reported it
     usage_rejected: bool = False  # the upstream reported usage the gateway cannot trust
     first_content_at: float | None = None  # perf_counter() of the first content (streams)
+    client_headers: dict[str, str] | None = None  # upstream headers the client gets too
     ended: bool = False  # stream: no more bytes will come after the current piece
     complete: bool = False  # stream: the upstream ended it properly
 

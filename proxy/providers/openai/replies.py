@@ -118,12 +118,19 @@ def _json_object(raw: bytes) -> dict[str, Any]:
     return data
 
 
+def rate_limit_headers(resp: aiohttp.ClientResponse) -> dict[str, str] | None:
+    """The upstream's `x-ratelimit-*` headers, which the client's SDK reads too."""
+    found = {k: v for k, v in resp.headers.items() if k.lower().startswith("x-ratelimit-")}
+    return found or None
+
+
 class _HttpReply(Reply):
     def __init__(self, resp: aiohttp.ClientResponse, alias: str, deployment: Deployment) -> None:
         self._resp = resp
         self._alias = alias
         self._deployment = deployment
         self.status = resp.status
+        self.client_headers = rate_limit_headers(resp)
 
     def _read(self) -> Any:
         return read_all(self._resp, int(self._deployment.max_reply_mb * MIB))
