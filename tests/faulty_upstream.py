@@ -14,22 +14,26 @@ test alias's deployment names one), so one server serves every case:
 - `trickle`: a stream that sends one content event every 0.2 s, forever;
 - `huge`: a 50 KB JSON reply, or one 10 KB SSE event;
 - `rate-limited`: a 429 with `Retry-After: 7`;
+- `slow-first-token`: a stream whose first content comes after `SLOW_FIRST_TOKEN_S`;
 - anything else: a normal reply with sane usage (and `x-ratelimit-*` headers).
 
 It runs on its own event loop in a thread, on a free loopback port, and
-records the paths and models it was asked for.
+records the paths and models it was asked for, and when (monotonic clock) a
+client hung up on a reply still being written.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from typing import Any
 
 import orjson
 from aiohttp import web
 
 SLOW_S = 5.0
+SLOW_FIRST_TOKEN_S = 1.0
 REPLY = ["one", " two", " three", " four"]
 LIMITS = {"x-ratelimit-limit-requests": "100", "x-ratelimit-remaining-requests": "99"}
 
@@ -90,6 +94,7 @@ class FaultyUpstream:
     def __init__(self) -> None:
         self.port = 0
         self.seen: list[tuple[str, str]] = []  # (path, model)
+        self.hung_up: list[tuple[str, float]] = []  # (model, time.monotonic())
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
@@ -144,6 +149,15 @@ class FaultyUpstream:
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = orjson.loads(await request.read())
         model = str(body.get("model"))
+        try:
+            return await self._answer(request, body, model)
+        except asyncio.CancelledError:
+            self.hung_up.append((model, time.monotonic()))
+            raise
+
+    async def _answer(
+        self, request: web.Request, body: dict[str, Any], model: str
+    ) -> web.StreamResponse:
         self.seen.append((request.path, model))
         stream = body.get("stream") is True
         if model == "html":
@@ -169,6 +183,8 @@ class FaultyUpstream:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", **LIMITS})
         await resp.prepare(request)
         await resp.write(_chunk(model, {"role": "assistant", "content": ""}))
+        if model == "slow-first-token":
+            await asyncio.sleep(SLOW_FIRST_TOKEN_S)
         if model == "trickle":
             while True:
                 await resp.write(_chunk(model, {"content": " more"}))

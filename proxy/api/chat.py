@@ -8,6 +8,7 @@ usage record on every way out.
 
 from __future__ import annotations
 
+import asyncio
 from time import perf_counter
 from typing import Any
 
@@ -19,9 +20,10 @@ from proxy.config.model import Deployment
 from proxy.http import errors
 from proxy.http.bodies import read_json_body, require_alias
 from proxy.metering import tokens
-from proxy.metering.meter import LocalCount, Meter
+from proxy.metering.meter import CLIENT_GONE, LocalCount, Meter
 from proxy.providers.base import ChatRequest, Provider, Reply
 from proxy.routing.failover import call_upstream, read_body
+from proxy.routing.hedge import LoserSink, hedged_call
 from proxy.routing.router import resolve_route
 from proxy.server.state import STATE
 
@@ -63,7 +65,11 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         state.usage, request, route, ENDPOINT, chat.stream, chat_counter(chat.body)
     ) as meter:
         called_at = perf_counter()
-        reply, dep = await call_upstream(state.providers, route, call, state.health)
+        if chat.stream and route.hedge_ms is not None:
+            on_loser = _record_overhead(meter)
+            reply, dep = await hedged_call(state.providers, route, call, state.health, on_loser)
+        else:
+            reply, dep = await call_upstream(state.providers, route, call, state.health)
         meter.attach(dep, reply)
         headers = served_headers(request, called_at, dep, reply)
         if not chat.stream:
@@ -73,3 +79,20 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         resp.headers.update(headers)
         await relay_stream(request, resp, meter, reply)
     return resp
+
+
+_overhead_tasks: set[asyncio.Task[None]] = set()
+
+
+def _record_overhead(meter: Meter) -> LoserSink:
+    """Record a hedge's loser as the gateway's own overhead, beside the stream (its
+    count must neither delay the winner's bytes nor die with the client's handler)."""
+
+    def sink(dep: Deployment, reply: Reply) -> None:
+        overhead = meter.for_overhead()
+        overhead.attach(dep, reply)
+        task = asyncio.create_task(overhead.settle(CLIENT_GONE, "hedge_lost"))
+        _overhead_tasks.add(task)
+        task.add_done_callback(_overhead_tasks.discard)
+
+    return sink

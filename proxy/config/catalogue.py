@@ -50,3 +50,7 @@ DEFAULT_PORT: Final = 8080
 DEFAULT_CONFIG_FILE: Final = "prometheus.toml"
 DEFAULT_DB_PATH: Final = "prometheus.db"
 DEFAULT_MAX_BODY_MB: Final = 32.0
+
+# Aliases whose streams hedge their first token by default ("auto") when they
+# have two or more deployments: the voice tiers, where TTFT is the product.
+HEDGED_BY_DEFAULT: Final = frozenset({"prometheus-pulse", "prometheus-surge"})

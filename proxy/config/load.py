@@ -107,8 +107,21 @@ def _parse_models(
         else:
             price, priced = Price(), False
             warnings.append(f"alias {alias} has no [models.{alias}.price] table: it costs 0")
-        routes[alias] = AliasRoute(alias, kind, deps, price, priced)
+        hedge = _hedge_ms(alias, spec.get("hedge_ms"), len(deps))
+        routes[alias] = AliasRoute(alias, kind, deps, price, priced, hedge)
     return warnings
+
+
+def _hedge_ms(alias: str, raw: Any, deployments: int) -> float | str | None:
+    """An alias's hedge delay: as set, or "auto" for the voice tiers with a
+    deployment to hedge to."""
+    if raw is None:
+        return "auto" if alias in catalogue.HEDGED_BY_DEFAULT and deployments >= 2 else None
+    if raw == "auto":
+        return "auto"
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or raw <= 0:
+        raise ConfigError(f'models.{alias}.hedge_ms must be a positive number or "auto"')
+    return float(raw)
 
 
 def find_config_file(explicit: str | None, env: dict[str, str]) -> Path | None:

@@ -58,6 +58,7 @@ class AliasRoute:
     deployments: tuple[Deployment, ...]
     price: Price
     priced: bool = True
+    hedge_ms: float | str | None = None  # a delay, "auto" (recent p90 TTFT), or no hedging
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,6 +37,7 @@ from proxy.usage.writer import UsageWriter
 
 CLIENT_GONE = 499  # nginx's status for "client closed the request"
 NO_USAGE = Usage(0, 0)
+OVERHEAD_KEY_ID = "gateway:hedge"  # usage the gateway spent on its own account
 
 LocalCount = Callable[[Deployment, str], Awaitable[tuple[int, int]]]
 """(input, output) tokens counted locally, given the deployment and the text produced."""
@@ -53,6 +54,7 @@ class Meter:
         "deployment",
         "reply",
         "record",
+        "_overhead",
     )
 
     def __init__(
@@ -73,6 +75,17 @@ class Meter:
         self.deployment: Deployment | None = None
         self.reply: Reply | None = None
         self.record: dict[str, Any] | None = None
+        self._overhead = False  # the gateway's own cost (a hedge's loser), not the key's
+
+    def for_overhead(self) -> Meter:
+        """A meter for work the gateway did on its own account for this request (the
+        losing side of a hedge): recorded under `OVERHEAD_KEY_ID`, never billed to
+        the caller's key."""
+        meter = Meter(
+            self._writer, self._request, self._route, self._endpoint, self._stream, self._count
+        )
+        meter._overhead = True
+        return meter
 
     def attach(self, deployment: Deployment, reply: Reply) -> None:
         self.deployment = deployment
@@ -134,9 +147,9 @@ class Meter:
         if first is not None:
             ttft_ms = round((first - request["t0"]) * 1000.0, 3)
         record = {
-            "request_id": request["rid"],
+            "request_id": request["rid"] + "-hedge" if self._overhead else request["rid"],
             "ts": request["ts"],
-            "key_id": request["key"].id,
+            "key_id": OVERHEAD_KEY_ID if self._overhead else request["key"].id,
             "model": self._route.alias,
             "deployment": "-" if self.deployment is None else self.deployment.name,
             "endpoint": self._endpoint,
@@ -155,4 +168,5 @@ class Meter:
         }
         self.record = record
         self._writer.append(record)
-        request["usage"] = record
+        if not self._overhead:
+            request["usage"] = record

@@ -37,7 +37,7 @@ RETRY_BASE_S = 0.1  # back-off before a retry: up to this x 2^attempt, jittered
 MAX_RETRY_WAIT_S = 1.0  # a Retry-After longer than this goes back to the client
 
 
-def _moves_on(status: int) -> bool:
+def moves_on(status: int) -> bool:
     """Another deployment may succeed where this one answered `status`."""
     return status == 429 or status >= 500 or status in (401, 403)
 
@@ -76,14 +76,16 @@ async def call_upstream(
     route: AliasRoute,
     operation: Operation,
     board: HealthBoard,
+    skip: frozenset[int] | set[int] = frozenset(),
 ) -> tuple[Reply, Deployment]:
     """The first deployment's reply that is not an error, or the error to send back.
 
     Each deployment in the health board's order gets one attempt; then, while
     attempts remain (`RETRIES`), the ones that failed in a way worth retrying
-    are tried again after a back-off. Every outcome goes to the breakers."""
+    are tried again after a back-off. Every outcome goes to the breakers.
+    Deployments whose index is in `skip` were tried already (by a hedge)."""
     last: GatewayError | None = None
-    order = board.order(route)
+    order = [(i, dep) for i, dep in board.order(route) if i not in skip]
     again: list[tuple[int, Deployment, float]] = []
     plan = [(i, dep, 0.0) for i, dep in order]
     retries = RETRIES
@@ -101,7 +103,7 @@ async def call_upstream(
                 if reply.error is None:
                     breaker.succeeded()
                     return reply, dep
-                if not _moves_on(reply.status):
+                if not moves_on(reply.status):
                     breaker.succeeded()  # the upstream works; the request was bad
                     raise reply.error
                 err, retry_after = reply.error, reply.retry_after

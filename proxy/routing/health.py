@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections import deque
 from typing import Any
 
 from proxy.config.model import AliasRoute, Deployment
@@ -30,9 +31,28 @@ def weighted_order(deps: list[Deployment]) -> list[Deployment]:
     return order
 
 
+TTFT_SAMPLES = 200  # recent times to first token kept per deployment
+TTFT_MIN_SAMPLES = 10  # fewer than this: no p90 yet
+
+
 class HealthBoard:
     def __init__(self) -> None:
         self._breakers: dict[tuple[str, int], Breaker] = {}
+        self._ttft: dict[tuple[str, int], deque[float]] = {}
+
+    def record_ttft(self, alias: str, index: int, seconds: float) -> None:
+        key = (alias, index)
+        samples = self._ttft.get(key)
+        if samples is None:
+            samples = self._ttft[key] = deque(maxlen=TTFT_SAMPLES)
+        samples.append(seconds * 1000.0)
+
+    def ttft_p90_ms(self, alias: str, index: int) -> float | None:
+        samples = self._ttft.get((alias, index))
+        if samples is None or len(samples) < TTFT_MIN_SAMPLES:
+            return None
+        ordered = sorted(samples)
+        return ordered[min(len(ordered) - 1, int(len(ordered) * 0.9))]
 
     def breaker(self, alias: str, index: int) -> Breaker:
         key = (alias, index)
@@ -70,6 +90,7 @@ class HealthBoard:
                         "recent_calls": len(b.recent),
                         "opens": b.opens,
                         "last_error": b.last_error,
+                        "ttft_p90_ms": self.ttft_p90_ms(alias, i),
                     }
                 )
         return rows
