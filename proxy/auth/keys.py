@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.auth.key_params import KeySettings, check_settings
+from proxy.auth.key_params import check_settings
 
 KEY_PREFIX = "prom_sk_"
 # what `new_plain_key` mints: the prefix and 43 url-safe characters (CONTRACT.md:
@@ -101,13 +101,9 @@ def create_key(
 
     The settings are checked (`proxy.auth.key_params`) before anything is written:
     `KeyParamError` names the one refused."""
-    checked = check_settings(
+    key = check_settings(
         {"name": name, "rpm": rpm, "tpm": tpm, "budget_usd": budget_usd, "models": models}
     )
-    return _insert(conn, checked)
-
-
-def _insert(conn: sqlite3.Connection, key: KeySettings) -> dict[str, Any]:
     plain = new_plain_key()
     kid = "key_" + secrets.token_hex(8)
     with conn:
