@@ -10,12 +10,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 
 from proxy import storage
-from proxy.auth import keys
+from proxy.auth import key_params, keys
+from proxy.auth.key_params import KeyParamError
 from proxy.config.load import ConfigError, load_config
 from proxy.config.model import GatewayConfig
 from proxy.usage import report as usage_report
@@ -44,12 +46,37 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _checked(check: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse `type=` from a `proxy.auth.key_params` check: a refused value is
+    a usage error (the rule on stderr, exit 2), before anything is written."""
+
+    def parse(text: str) -> Any:
+        try:
+            return check(text)
+        except KeyParamError as exc:
+            raise argparse.ArgumentTypeError(exc.rule) from None
+
+    return parse
+
+
+def _key_id(text: str) -> str:
+    if keys.looks_like_key(text):
+        raise argparse.ArgumentTypeError(
+            "pass the key's id (key_..., see `keys list`), not the key"
+        )
+    return text
+
+
 def cmd_keys_create(args: argparse.Namespace) -> int:
-    models = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
     conn = storage.connect(_config(args).db_path)
     try:
         created = keys.create_key(
-            conn, args.name, rpm=args.rpm, tpm=args.tpm, budget_usd=args.budget_usd, models=models
+            conn,
+            args.name,
+            rpm=args.rpm,
+            tpm=args.tpm,
+            budget_usd=args.budget_usd,
+            models=args.models,
         )
     finally:
         conn.close()
@@ -152,18 +179,22 @@ def build_parser() -> argparse.ArgumentParser:
     key_cmd = sub.add_parser("keys", help="create, list and revoke API keys")
     key_sub = key_cmd.add_subparsers(dest="keys_command", required=True)
     create = with_config(key_sub.add_parser("create", help="mint a new key"))
-    create.add_argument("--name", required=True)
-    create.add_argument("--rpm", type=int)
-    create.add_argument("--tpm", type=int)
-    create.add_argument("--budget-usd", type=float)
-    create.add_argument("--models", help="comma-separated aliases the key may use")
+    create.add_argument("--name", required=True, type=_checked(key_params.check_name))
+    create.add_argument("--rpm", type=_checked(lambda t: key_params.limit_from_text("rpm", t)))
+    create.add_argument("--tpm", type=_checked(lambda t: key_params.limit_from_text("tpm", t)))
+    create.add_argument("--budget-usd", type=_checked(key_params.budget_from_text))
+    create.add_argument(
+        "--models",
+        type=_checked(key_params.check_models),
+        help="comma-separated aliases the key may use (default: every alias)",
+    )
     create.add_argument("--json", action="store_true")
     create.set_defaults(func=cmd_keys_create)
     lst = with_config(key_sub.add_parser("list", help="list keys"))
     lst.add_argument("--json", action="store_true")
     lst.set_defaults(func=cmd_keys_list)
     revoke = with_config(key_sub.add_parser("revoke", help="revoke a key by id"))
-    revoke.add_argument("id")
+    revoke.add_argument("id", type=_key_id)
     revoke.add_argument("--json", action="store_true")
     revoke.set_defaults(func=cmd_keys_revoke)
 

@@ -1,22 +1,27 @@
 """/admin/*: keys and usage over HTTP, behind `PROMETHEUS_ADMIN_KEY`.
 
-Unset admin key: every admin call is 403. A wrong bearer: 401. The work is
-done by the same functions the CLI uses (`proxy.auth.keys`, `proxy.usage.report`),
-on a worker thread with a short-lived SQLite connection.
+Unset admin key: every admin call is 403. A wrong bearer (any bytes at all): 401,
+compared in constant time. The work is done by the same functions the CLI uses
+(`proxy.auth.keys`, `proxy.usage.report`), on a worker thread with a short-lived
+SQLite connection; a new key's settings pass the same checks as `keys create`
+(`proxy.auth.key_params`). No answer repeats a key or the admin key.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
+import json
 from typing import Any
 
 from aiohttp import web
 
 from proxy import storage
 from proxy.auth import keys
+from proxy.auth.key_params import KeyParamError, check_settings
 from proxy.http import errors
-from proxy.http.bodies import json_response, read_json_body
+from proxy.http.bodies import json_response
 from proxy.http.errors import GatewayError
 from proxy.server.state import STATE, GatewayState
 from proxy.usage import report as usage_report
@@ -35,9 +40,15 @@ def _check_admin(request: web.Request) -> GatewayState:
     token = header[7:].strip() if header[:7].lower() == "bearer " else ""
     if not token:
         raise errors.missing_key()
-    if not hmac.compare_digest(token.encode(), state.admin_key.encode()):
+    if not hmac.compare_digest(_digest(token), _digest(state.admin_key)):
         raise GatewayError(401, "Incorrect admin key.", code="invalid_admin_key")
     return state
+
+
+def _digest(secret: str) -> bytes:
+    # equal-length inputs for compare_digest; a header's non-UTF-8 bytes arrive as
+    # lone surrogates, which "surrogatepass" encodes instead of raising
+    return hashlib.sha256(secret.encode("utf-8", "surrogatepass")).digest()
 
 
 async def _in_db(state: GatewayState, work: Any) -> Any:
@@ -51,35 +62,40 @@ async def _in_db(state: GatewayState, work: Any) -> Any:
     return await asyncio.to_thread(run)
 
 
-def _opt_int(body: dict[str, Any], name: str) -> int | None:
-    value = body.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise errors.invalid_param(name, f"'{name}' must be a non-negative integer.")
-    return value
+async def _read_body(request: web.Request) -> dict[str, Any]:
+    """The JSON object of an admin call. Parsed with the standard library, which
+    reads `NaN`, `Infinity` and `1e400` as numbers, so that the settings' checks can
+    name the field they are in (orjson refuses the whole body for them)."""
+    raw = await request.read()
+    try:
+        body = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise errors.bad_json(f"{exc.msg} at character {exc.pos}") from None
+    except (ValueError, RecursionError):  # not UTF-8, nested too deep, too many digits
+        raise errors.bad_json("the body is not a JSON document the gateway can read") from None
+    if not isinstance(body, dict):
+        raise errors.bad_json("the body must be a JSON object")
+    return body
+
+
+def _refusal(exc: KeyParamError) -> GatewayError:
+    if exc.missing:
+        return errors.missing_param(exc.param)
+    return errors.invalid_param(exc.param, exc.message)
 
 
 async def create_key(request: web.Request) -> web.Response:
     state = _check_admin(request)
-    body = await read_json_body(request)
-    name = body.get("name")
-    if not isinstance(name, str) or not name:
-        raise errors.missing_param("name")
-    rpm, tpm = _opt_int(body, "rpm"), _opt_int(body, "tpm")
-    budget = body.get("budget_usd")
-    if budget is not None and (not isinstance(budget, (int, float)) or budget < 0):
-        raise errors.invalid_param("budget_usd", "'budget_usd' must be a non-negative number.")
-    models = body.get("models")
-    if isinstance(models, str):
-        models = [m for m in models.split(",") if m]
-    if models is not None and (
-        not isinstance(models, list) or not all(isinstance(m, str) for m in models)
-    ):
-        raise errors.invalid_param("models", "'models' must be a list of aliases.")
+    body = await _read_body(request)
+    try:
+        new = check_settings(body)
+    except KeyParamError as exc:
+        raise _refusal(exc) from None
     created = await _in_db(
         state,
-        lambda c: keys.create_key(c, name, rpm=rpm, tpm=tpm, budget_usd=budget, models=models),
+        lambda c: keys.create_key(
+            c, new.name, rpm=new.rpm, tpm=new.tpm, budget_usd=new.budget_usd, models=new.models
+        ),
     )
     await state.keys.refresh()
     return json_response(created)
@@ -93,8 +109,12 @@ async def list_keys(request: web.Request) -> web.Response:
 async def revoke_key(request: web.Request) -> web.Response:
     state = _check_admin(request)
     key_id = request.match_info["key_id"]
+    if keys.looks_like_key(key_id):
+        raise errors.invalid_param(
+            "key_id", "Revoke a key by its id (key_...), not by the key itself."
+        )
     if not await _in_db(state, lambda c: keys.revoke_key(c, key_id)):
-        raise GatewayError(404, f"No active key with id '{key_id}'.", code="key_not_found")
+        raise GatewayError(404, "No active key with that id.", code="key_not_found")
     await state.keys.refresh()
     return json_response({"id": key_id, "revoked": True})
 

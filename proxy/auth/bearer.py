@@ -1,9 +1,10 @@
 """Checking a request's bearer key, called by `proxy.http.middleware` for `/v1/*`.
 
-The key is hashed and looked up in the process's `KeyTable` (no database round
-trip for a known key); a miss makes the table re-check SQLite once, so a key
+A token not shaped like a key is refused at once. Otherwise it is hashed and
+looked up in the process's `KeyTable` (no database round trip for a known
+key); a miss makes the table re-check SQLite (shared, spaced checks), so a key
 minted a moment ago works. The key found is left on the request as
-`request["key"]` for the handlers.
+`request["key"]` for the handlers. No answer repeats the token.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from proxy.auth.key_table import KeyTable
+from proxy.auth.keys import key_digest
 from proxy.http import errors
 
 
@@ -28,7 +30,10 @@ async def authenticate(request: web.Request, keys: KeyTable) -> None:
     token = bearer_token(request)
     if token is None:
         raise errors.missing_key()
-    info = keys.lookup(token) or await keys.lookup_or_refresh(token)
+    digest = key_digest(token)
+    if digest is None:
+        raise errors.invalid_key()
+    info = keys.find(digest) or await keys.find_or_recheck(digest)
     if info is None:
         raise errors.invalid_key()
     if info.revoked:

@@ -3,12 +3,14 @@
 The CLI and the admin API call `create_key`/`revoke_key`/`list_keys`, which
 write the table and bump `meta.keys_version`; each gateway process's
 `proxy.auth.key_table.KeyTable` notices the bump and reloads its mirror.
-Only the sha256 of a key is stored; the plain key is returned once.
+Only the sha256 of a key is stored; the plain key is returned once, and never
+logged: `mask_keys` blanks anything key-shaped out of text that is logged.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 import sqlite3
 import time
@@ -16,7 +18,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from proxy.auth.key_params import check_settings
+
 KEY_PREFIX = "prom_sk_"
+# what `new_plain_key` mints: the prefix and 43 url-safe characters (CONTRACT.md:
+# "at least 32"); a token of any other shape cannot be a key
+_KEY_SHAPE = re.compile(r"prom_sk_[A-Za-z0-9_-]{32,256}")
+_KEY_LIKE = re.compile(r"prom_sk_[A-Za-z0-9_-]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +43,28 @@ class KeyInfo:
 
 
 def hash_key(plain: str) -> str:
-    return hashlib.sha256(plain.encode()).hexdigest()
+    # a header's bytes that are not UTF-8 reach us as lone surrogates: hash them
+    # too (they match nothing) rather than raise
+    return hashlib.sha256(plain.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def key_digest(token: str) -> str | None:
+    """The sha256 of a bearer token shaped like a key; None for any other token,
+    which no key can match."""
+    if _KEY_SHAPE.fullmatch(token) is None:
+        return None
+    return hash_key(token)
+
+
+def looks_like_key(text: str) -> bool:
+    return text.startswith(KEY_PREFIX)
+
+
+def mask_keys(text: str) -> str:
+    """`text` with every key-shaped run reduced to the prefix, for log lines."""
+    if KEY_PREFIX not in text:
+        return text
+    return _KEY_LIKE.sub(KEY_PREFIX + "...", text)
 
 
 def new_plain_key() -> str:
@@ -68,7 +97,13 @@ def create_key(
     budget_usd: float | None = None,
     models: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Store a new key (hashed) and return the only copy of the plain key."""
+    """Store a new key (hashed) and return the only copy of the plain key.
+
+    The settings are checked (`proxy.auth.key_params`) before anything is written:
+    `KeyParamError` names the one refused."""
+    key = check_settings(
+        {"name": name, "rpm": rpm, "tpm": tpm, "budget_usd": budget_usd, "models": models}
+    )
     plain = new_plain_key()
     kid = "key_" + secrets.token_hex(8)
     with conn:
@@ -77,18 +112,18 @@ def create_key(
             " budget_usd, models) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 kid,
-                name,
+                key.name,
                 hash_key(plain),
                 plain[: len(KEY_PREFIX) + 4],
                 time.time(),
-                rpm,
-                tpm,
-                budget_usd,
-                ",".join(models) if models else None,
+                key.rpm,
+                key.tpm,
+                key.budget_usd,
+                ",".join(key.models) if key.models is not None else None,
             ),
         )
         conn.execute("UPDATE meta SET value = value + 1 WHERE name = 'keys_version'")
-    return {"id": kid, "key": plain, "name": name}
+    return {"id": kid, "key": plain, "name": key.name}
 
 
 def revoke_key(conn: sqlite3.Connection, key_id: str) -> bool:

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from proxy.auth.bearer import authenticate
+from proxy.auth.keys import mask_keys
 from proxy.http import errors
 from proxy.http.errors import GatewayError
 from proxy.server.state import STATE, GatewayState
@@ -113,7 +114,7 @@ def log_request(state: GatewayState, request: web.Request, status: int) -> None:
         request_id=request["rid"],
         key_id=key.id if key else None,
         method=request.method,
-        path=request.path,
+        path=mask_keys(request.path),  # a key pasted into a URL stays out of the log
         status=status,
         latency_ms=round((time.perf_counter() - request["t0"]) * 1000.0, 3),
         error=request.get("error"),

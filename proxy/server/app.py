@@ -49,7 +49,7 @@ def build_app(config: GatewayConfig) -> web.Application:
 
     async def startup(app: web.Application) -> None:
         db = await storage.connect_async(config.db_path)
-        keys = KeyTable(db)
+        keys = await KeyTable.open(config.db_path)  # its own connection, not the writer's
         await keys.start()
         usage = UsageWriter(config.journal_dir, db, config.db_path)
         usage.start()
