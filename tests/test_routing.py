@@ -9,6 +9,9 @@ what reached it.
 from __future__ import annotations
 
 import json
+import socket
+import struct
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -17,6 +20,7 @@ import openai
 import pytest
 from faulty_upstream import REPLY, FaultyUpstream
 from gateway_process import ADMIN_KEY, GatewayProcess
+from waiting import wait_for
 
 from proxy.routing import breaker as breakers
 from proxy.routing.breaker import CLOSED, HALF_OPEN, OPEN, Breaker
@@ -66,6 +70,7 @@ def _config(base_url: str) -> str:
         + dep("r-mixed", "ok")
         + dep("r-single-500", "leaky-500")
         + dep("r-ok", "ok")
+        + dep("r-trickle", "trickle")
     )
 
 
@@ -149,3 +154,26 @@ def test_replies_say_where_the_time_went_and_pass_on_the_upstream_rate_limits(
     assert parts["deployment"] == 'desc="openai:ok"'
     assert raw.headers["x-ratelimit-remaining-requests"] == "99"
     assert raw.headers["x-ratelimit-limit-requests"] == "100"
+
+
+def test_a_client_that_leaves_gets_its_upstream_request_closed_within_100_ms(
+    gw: GatewayProcess, faulty: FaultyUpstream
+) -> None:
+    key = gw.create_key("leaver")["key"]
+    body = json.dumps({"model": "r-trickle", "messages": MESSAGES, "stream": True}).encode()
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: Bearer {key}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    before = len(faulty.hung_up)
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as sock:
+        sock.sendall(head + body)
+        received = b""
+        while b" more" not in received:  # the stream is flowing through the gateway
+            received += sock.recv(65536)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        left_at = time.monotonic()
+    hung = wait_for(lambda: faulty.hung_up[before:], message="the upstream to see the hang-up")
+    assert hung[0][0] == "trickle"
+    assert hung[0][1] - left_at < 0.1
