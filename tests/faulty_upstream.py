@@ -15,7 +15,8 @@ test alias's deployment names one), so one server serves every case:
 - `huge`: a 50 KB JSON reply, or one 10 KB SSE event;
 - `rate-limited`: a 429 with `Retry-After: 7`;
 - `slow-first-token`: a stream whose first content comes after `SLOW_FIRST_TOKEN_S`;
-- anything else: a normal reply with sane usage (and `x-ratelimit-*` headers).
+- anything else: a normal reply with sane usage (and `x-ratelimit-*` headers);
+- any GET (an image URL, say) is recorded as `(path, "GET")`.
 
 It runs on its own event loop in a thread, on a free loopback port, and
 records the paths and models it was asked for, and when (monotonic clock) a
@@ -135,12 +136,17 @@ class FaultyUpstream:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/redirect-target", self._redirect_target)
+        app.router.add_get("/{tail:.*}", self._any_get)
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
         assert site._server is not None
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def _any_get(self, request: web.Request) -> web.Response:
+        self.seen.append((request.path, "GET"))
+        return web.Response(body=b"\x89PNG\r\n\x1a\n", content_type="image/png")
 
     async def _redirect_target(self, request: web.Request) -> web.Response:
         self.seen.append((request.path, "redirected"))
