@@ -68,9 +68,9 @@ def check_chat(body: dict[str, Any]) -> None:
     if messages is None:
         raise errors.missing_param("messages")
     check_messages(messages)
-    for name, check in _CHECKS:
-        value = body.get(name)
-        if value is not None:
+    for name, value in body.items():  # a typical body has fewer fields than there are checks
+        check = _CHECKS.get(name)
+        if check is not None and value is not None:
             check(value, name)
 
 
@@ -90,94 +90,91 @@ def check_messages(messages: Any) -> None:
     for i, msg in enumerate(messages):
         if type(msg) is not dict:
             wrong_type(f"messages[{i}]", "an object", msg)
-        _message(msg, i)
+        _message(msg, f"messages[{i}]")
 
 
-def _message(msg: dict[str, Any], i: int) -> None:
+def _message(msg: dict[str, Any], where: str) -> None:
     role = msg.get("role")
-    if type(role) is not str:
-        missing_or_wrong(msg, "role", f"messages[{i}].role", "a string")
-    parts = PARTS_BY_ROLE.get(role)
+    parts = PARTS_BY_ROLE.get(role) if type(role) is str else None
     if parts is None and role != "function":
-        raise errors.unsupported_value(f"messages[{i}].role", role, ROLES)
+        if type(role) is not str:
+            missing_or_wrong(msg, "role", where, "a string")
+        raise errors.unsupported_value(f"{where}.role", role, ROLES)
     content = msg.get("content")
     if type(content) is list and parts is not None:
-        _content_parts(content, f"messages[{i}].content", parts)
+        _content_parts(content, f"{where}.content", parts)
     elif type(content) is not str:
-        _odd_content(msg, i, role)
+        _odd_content(msg, where, role)
     if role == "function":
-        required_str(msg, "name", f"messages[{i}].name")
+        required_str(msg, "name", where)
         return
-    optional_str(msg, "name", f"messages[{i}].name")
+    optional_str(msg, "name", where)
     if role == "tool":
-        required_str(msg, "tool_call_id", f"messages[{i}].tool_call_id")
+        required_str(msg, "tool_call_id", where)
     elif role == "assistant":
         calls = msg.get("tool_calls")
         if calls is not None:
-            _tool_calls(calls, f"messages[{i}].tool_calls")
+            _tool_calls(calls, f"{where}.tool_calls")
         call = msg.get("function_call")
         if call is not None:
-            param = f"messages[{i}].function_call"
-            obj(call, param)
-            required_str(call, "name", f"{param}.name")
-            required_str(call, "arguments", f"{param}.arguments")
-        optional_str(msg, "refusal", f"messages[{i}].refusal")
+            obj(call, f"{where}.function_call")
+            required_str(call, "name", f"{where}.function_call")
+            required_str(call, "arguments", f"{where}.function_call")
+        optional_str(msg, "refusal", where)
 
 
-def _odd_content(msg: dict[str, Any], i: int, role: str) -> None:
+def _odd_content(msg: dict[str, Any], where: str, role: Any) -> None:
     """Content that is neither a string nor (for roles that take them) an array of parts."""
     content = msg.get("content")
-    param = f"messages[{i}].content"
+    expected = "a string" if role == "function" else CONTENT
     if content is None:
         if role == "assistant":  # may carry tool_calls instead
             return
         if role == "function" and "content" in msg:  # required, but nullable
             return
-        missing_or_wrong(msg, "content", param, "a string" if role == "function" else CONTENT)
-    wrong_type(param, "a string" if role == "function" else CONTENT, content)
+        missing_or_wrong(msg, "content", where, expected)
+    wrong_type(f"{where}.content", expected, content)
 
 
 def _content_parts(content: list[Any], param: str, allowed: tuple[str, ...]) -> None:
     if not content:
         raise errors.empty_array(param)
     for j, part in enumerate(content):
-        path = f"{param}[{j}]"
         if type(part) is not dict:
-            wrong_type(path, "an object", part)
-        kind = required_enum(part, "type", f"{path}.type", allowed)
+            wrong_type(f"{param}[{j}]", "an object", part)
+        kind = part.get("type")
+        if kind == "text" and "text" in allowed and type(part.get("text")) is str:
+            continue  # the usual part, checked without building its path
+        where = f"{param}[{j}]"
+        kind = required_enum(part, "type", where, allowed)
         if kind == "text":
-            required_str(part, "text", f"{path}.text")
+            required_str(part, "text", where)
         elif kind == "image_url":
-            image = required_obj(part, "image_url", f"{path}.image_url")
-            required_str(image, "url", f"{path}.image_url.url")
-            optional_enum(image, "detail", f"{path}.image_url.detail", IMAGE_DETAIL)
+            image = required_obj(part, "image_url", where)
+            required_str(image, "url", f"{where}.image_url")
+            optional_enum(image, "detail", f"{where}.image_url", IMAGE_DETAIL)
         elif kind == "input_audio":
-            audio = required_obj(part, "input_audio", f"{path}.input_audio")
-            required_str(audio, "data", f"{path}.input_audio.data")
-            required_enum(audio, "format", f"{path}.input_audio.format", AUDIO_FORMATS)
+            audio = required_obj(part, "input_audio", where)
+            required_str(audio, "data", f"{where}.input_audio")
+            required_enum(audio, "format", f"{where}.input_audio", AUDIO_FORMATS)
         elif kind == "file":
-            file = required_obj(part, "file", f"{path}.file")
+            file = required_obj(part, "file", where)
             for key in ("filename", "file_data", "file_id"):
-                optional_str(file, key, f"{path}.file.{key}")
+                optional_str(file, key, f"{where}.file")
         else:  # refusal
-            required_str(part, "refusal", f"{path}.refusal")
+            required_str(part, "refusal", where)
 
 
 def _tool_calls(calls: Any, param: str) -> None:
     array(calls, param)
     for k, call in enumerate(calls):
-        path = f"{param}[{k}]"
-        obj(call, path)
-        required_str(call, "id", f"{path}.id")
-        kind = required_enum(call, "type", f"{path}.type", TOOL_TYPES)
-        if kind == "function":
-            fn = required_obj(call, "function", f"{path}.function")
-            required_str(fn, "name", f"{path}.function.name")
-            required_str(fn, "arguments", f"{path}.function.arguments")
-        else:
-            custom = required_obj(call, "custom", f"{path}.custom")
-            required_str(custom, "name", f"{path}.custom.name")
-            required_str(custom, "input", f"{path}.custom.input")
+        where = f"{param}[{k}]"
+        obj(call, where)
+        required_str(call, "id", where)
+        kind = required_enum(call, "type", where, TOOL_TYPES)
+        fn = required_obj(call, kind, where)
+        required_str(fn, "name", f"{where}.{kind}")
+        required_str(fn, "arguments" if kind == "function" else "input", f"{where}.{kind}")
 
 
 # -- tools and formats -----------------------------------------------------------
@@ -186,20 +183,18 @@ def _tool_calls(calls: Any, param: str) -> None:
 def _tools(tools: Any, param: str) -> None:
     array(tools, param, MAX_TOOLS)
     for j, tool in enumerate(tools):
-        path = f"{param}[{j}]"
-        obj(tool, path)
-        kind = required_enum(tool, "type", f"{path}.type", TOOL_TYPES)
+        where = f"{param}[{j}]"
+        obj(tool, where)
+        kind = required_enum(tool, "type", where, TOOL_TYPES)
+        fn = required_obj(tool, kind, where)
+        inner = f"{where}.{kind}"
+        required_str(fn, "name", inner)
+        optional_str(fn, "description", inner)
         if kind == "function":
-            fn = required_obj(tool, "function", f"{path}.function")
-            required_str(fn, "name", f"{path}.function.name")
-            optional_str(fn, "description", f"{path}.function.description")
-            optional_obj(fn, "parameters", f"{path}.function.parameters")
-            optional_bool(fn, "strict", f"{path}.function.strict")
+            optional_obj(fn, "parameters", inner)
+            optional_bool(fn, "strict", inner)
         else:
-            custom = required_obj(tool, "custom", f"{path}.custom")
-            required_str(custom, "name", f"{path}.custom.name")
-            optional_str(custom, "description", f"{path}.custom.description")
-            optional_obj(custom, "format", f"{path}.custom.format")
+            optional_obj(fn, "format", inner)
 
 
 def _tool_choice(choice: Any, param: str) -> None:
@@ -208,35 +203,37 @@ def _tool_choice(choice: Any, param: str) -> None:
         return
     if type(choice) is not dict:
         wrong_type(param, "one of a string or an object", choice)
-    kind = required_enum(choice, "type", f"{param}.type", TOOL_CHOICE_TYPES)
+    kind = required_enum(choice, "type", param, TOOL_CHOICE_TYPES)
     if kind == "allowed_tools":
-        allowed = required_obj(choice, "allowed_tools", f"{param}.allowed_tools")
-        required_enum(allowed, "mode", f"{param}.allowed_tools.mode", ("auto", "required"))
+        where = f"{param}.allowed_tools"
+        allowed = required_obj(choice, "allowed_tools", param)
+        required_enum(allowed, "mode", where, ("auto", "required"))
         tools = allowed.get("tools")
         if type(tools) is not list:
-            missing_or_wrong(allowed, "tools", f"{param}.allowed_tools.tools", "an array")
+            missing_or_wrong(allowed, "tools", where, "an array")
         for j, tool in enumerate(tools):
-            obj(tool, f"{param}.allowed_tools.tools[{j}]")
+            obj(tool, f"{where}.tools[{j}]")
         return
-    named = required_obj(choice, kind, f"{param}.{kind}")
-    required_str(named, "name", f"{param}.{kind}.name")
+    named = required_obj(choice, kind, param)
+    required_str(named, "name", f"{param}.{kind}")
 
 
 def _response_format(fmt: Any, param: str) -> None:
     obj(fmt, param)
-    if required_enum(fmt, "type", f"{param}.type", RESPONSE_FORMATS) != "json_schema":
+    if required_enum(fmt, "type", param, RESPONSE_FORMATS) != "json_schema":
         return
-    schema = required_obj(fmt, "json_schema", f"{param}.json_schema")
-    required_str(schema, "name", f"{param}.json_schema.name")
-    optional_str(schema, "description", f"{param}.json_schema.description")
-    optional_obj(schema, "schema", f"{param}.json_schema.schema")
-    optional_bool(schema, "strict", f"{param}.json_schema.strict")
+    schema = required_obj(fmt, "json_schema", param)
+    where = f"{param}.json_schema"
+    required_str(schema, "name", where)
+    optional_str(schema, "description", where)
+    optional_obj(schema, "schema", where)
+    optional_bool(schema, "strict", where)
 
 
 def _stream_options(opts: Any, param: str) -> None:
     obj(opts, param)
-    optional_bool(opts, "include_usage", f"{param}.include_usage")
-    optional_bool(opts, "include_obfuscation", f"{param}.include_obfuscation")
+    optional_bool(opts, "include_usage", param)
+    optional_bool(opts, "include_obfuscation", param)
 
 
 def _stop(stop: Any, param: str) -> None:
@@ -280,24 +277,24 @@ def _seed(value: Any, param: str) -> None:
     integer(value, param)
 
 
-# field -> its check, for the fields after `messages`; a null value is not checked
-_CHECKS: tuple[tuple[str, Callable[[Any, str], None]], ...] = (
-    ("stream", boolean),
-    ("stream_options", _stream_options),
-    ("tools", _tools),
-    ("tool_choice", _tool_choice),
-    ("response_format", _response_format),
-    ("n", _n),
-    ("max_tokens", _positive),
-    ("max_completion_tokens", _positive),
-    ("temperature", _temperature),
-    ("top_p", _top_p),
-    ("frequency_penalty", _penalty),
-    ("presence_penalty", _penalty),
-    ("logprobs", boolean),
-    ("top_logprobs", _top_logprobs),
-    ("parallel_tool_calls", boolean),
-    ("seed", _seed),
-    ("stop", _stop),
-    ("user", string),
-)
+# field -> its check, for the fields besides `messages`; a null value is not checked
+_CHECKS: dict[str, Callable[[Any, str], None]] = {
+    "stream": boolean,
+    "stream_options": _stream_options,
+    "tools": _tools,
+    "tool_choice": _tool_choice,
+    "response_format": _response_format,
+    "n": _n,
+    "max_tokens": _positive,
+    "max_completion_tokens": _positive,
+    "temperature": _temperature,
+    "top_p": _top_p,
+    "frequency_penalty": _penalty,
+    "presence_penalty": _penalty,
+    "logprobs": boolean,
+    "top_logprobs": _top_logprobs,
+    "parallel_tool_calls": boolean,
+    "seed": _seed,
+    "stop": _stop,
+    "user": string,
+}

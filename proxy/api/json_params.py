@@ -7,7 +7,8 @@ Each function checks one value of a parsed JSON body and returns, or raises the
 
 Plain Python on purpose: they run on every request before the upstream is
 called, so they test `type(x) is ...` (orjson makes exact builtin types, and
-`bool` must not pass for `int`) and build no path string unless they fail.
+`bool` must not pass for `int`), and the field checks take the parent
+object's path and build the field's own only when they fail.
 An optional field that is `null` counts as absent, as in OpenAI's API.
 """
 
@@ -37,11 +38,70 @@ def wrong_type(param: str, expected: str, value: Any) -> NoReturn:
     raise errors.invalid_type(param, expected, type_name(value))
 
 
-def missing_or_wrong(obj: dict[str, Any], key: str, param: str, expected: str) -> NoReturn:
+def at(where: str, key: str) -> str:
+    """The path of `key` in the object at `where` ("" at the top)."""
+    return f"{where}.{key}" if where else key
+
+
+def missing_or_wrong(parent: dict[str, Any], key: str, where: str, expected: str) -> NoReturn:
     """The failure for a required `key` that is absent (missing) or of another type."""
-    if key not in obj:
-        raise errors.missing_param(param)
-    wrong_type(param, expected, obj[key])
+    if key not in parent:
+        raise errors.missing_param(at(where, key))
+    wrong_type(at(where, key), expected, parent[key])
+
+
+# Field checks: `parent[key]`, the object at path `where`; the param's path is
+# built only when the check fails.
+
+
+def required_obj(parent: dict[str, Any], key: str, where: str) -> dict[str, Any]:
+    value = parent.get(key)
+    if type(value) is not dict:
+        missing_or_wrong(parent, key, where, "an object")
+    return value
+
+
+def required_str(parent: dict[str, Any], key: str, where: str) -> str:
+    value = parent.get(key)
+    if type(value) is not str:
+        missing_or_wrong(parent, key, where, "a string")
+    return value
+
+
+def optional_str(parent: dict[str, Any], key: str, where: str) -> None:
+    value = parent.get(key)
+    if value is not None and type(value) is not str:
+        wrong_type(at(where, key), "a string", value)
+
+
+def optional_bool(parent: dict[str, Any], key: str, where: str) -> None:
+    value = parent.get(key)
+    if value is not None and type(value) is not bool:
+        wrong_type(at(where, key), "a boolean", value)
+
+
+def optional_obj(parent: dict[str, Any], key: str, where: str) -> None:
+    value = parent.get(key)
+    if value is not None and type(value) is not dict:
+        wrong_type(at(where, key), "an object", value)
+
+
+def required_enum(parent: dict[str, Any], key: str, where: str, allowed: tuple[str, ...]) -> str:
+    value = parent.get(key)
+    if type(value) is str and value in allowed:
+        return value
+    if value is None and key not in parent:
+        raise errors.missing_param(at(where, key))
+    return enum(value, at(where, key), allowed)
+
+
+def optional_enum(parent: dict[str, Any], key: str, where: str, allowed: tuple[str, ...]) -> None:
+    value = parent.get(key)
+    if value is not None and (type(value) is not str or value not in allowed):
+        enum(value, at(where, key), allowed)
+
+
+# Value checks: `value` is the param at path `param`.
 
 
 def obj(value: Any, param: str) -> dict[str, Any]:
@@ -50,57 +110,12 @@ def obj(value: Any, param: str) -> dict[str, Any]:
     return value
 
 
-def required_obj(parent: dict[str, Any], key: str, param: str) -> dict[str, Any]:
-    value = parent.get(key)
-    if type(value) is not dict:
-        missing_or_wrong(parent, key, param, "an object")
-    return value
-
-
-def required_str(parent: dict[str, Any], key: str, param: str) -> str:
-    value = parent.get(key)
-    if type(value) is not str:
-        missing_or_wrong(parent, key, param, "a string")
-    return value
-
-
-def optional_str(parent: dict[str, Any], key: str, param: str) -> None:
-    value = parent.get(key)
-    if value is not None and type(value) is not str:
-        wrong_type(param, "a string", value)
-
-
-def optional_bool(parent: dict[str, Any], key: str, param: str) -> None:
-    value = parent.get(key)
-    if value is not None and type(value) is not bool:
-        wrong_type(param, "a boolean", value)
-
-
-def optional_obj(parent: dict[str, Any], key: str, param: str) -> None:
-    value = parent.get(key)
-    if value is not None and type(value) is not dict:
-        wrong_type(param, "an object", value)
-
-
 def enum(value: Any, param: str, allowed: tuple[str, ...]) -> str:
     if type(value) is not str:
         wrong_type(param, "a string", value)
     if value not in allowed:
         raise errors.unsupported_value(param, value, allowed)
     return value
-
-
-def required_enum(parent: dict[str, Any], key: str, param: str, allowed: tuple[str, ...]) -> str:
-    value = parent.get(key)
-    if value is None and key not in parent:
-        raise errors.missing_param(param)
-    return enum(value, param, allowed)
-
-
-def optional_enum(parent: dict[str, Any], key: str, param: str, allowed: tuple[str, ...]) -> None:
-    value = parent.get(key)
-    if value is not None:
-        enum(value, param, allowed)
 
 
 def boolean(value: Any, param: str) -> None:
