@@ -14,13 +14,21 @@ from proxy.http import errors
 MAX_DEPTH = 254
 
 
+async def read_raw_body(request: web.Request) -> bytes:
+    """The body's bytes, decoded as its Content-Encoding says; a 400 if they are not."""
+    try:
+        return await request.read()
+    except web.RequestPayloadError:
+        # aiohttp would try to drain the rest after the answer, and log that it
+        # cannot: the connection closes after the 400 instead
+        request.content.feed_eof()
+        request.protocol.close()
+        raise errors.unreadable_body(request.headers.get("Content-Encoding", "")) from None
+
+
 async def read_json_body(request: web.Request) -> dict[str, Any]:
     """The body parsed once with orjson; a JSON object or a 400."""
-    try:
-        raw = await request.read()
-    except web.RequestPayloadError:  # a Content-Encoding the body does not match
-        encoding = request.headers.get("Content-Encoding", "")
-        raise errors.bad_json(f"the body is not valid '{encoding}' data") from None
+    raw = await read_raw_body(request)
     if not raw:
         raise errors.bad_json("the body is empty")
     try:

@@ -101,6 +101,17 @@ def bad_json(detail: str) -> GatewayError:
     )
 
 
+def unreadable_body(encoding: str) -> GatewayError:
+    """A body that is not what its Content-Encoding says: the connection closes
+    after this answer, since the rest of the body cannot be read past."""
+    return GatewayError(
+        400,
+        f"We could not parse the JSON body of your request: it is not valid '{encoding}' data",
+        code="invalid_json",
+        headers={"Connection": "close"},
+    )
+
+
 def missing_param(param: str) -> GatewayError:
     return GatewayError(
         400,

@@ -53,10 +53,13 @@ class SimError(Exception):
         self.message = message
         self.param = param
         self.code = code
+        self.headers: dict[str, str] = {}
 
     @classmethod
     def of(cls, err: GatewayError) -> SimError:
-        return cls(err.message, err.param, err.status, err.code)
+        refusal = cls(err.message, err.param, err.status, err.code)
+        refusal.headers = err.headers
+        return refusal
 
     def body(self) -> bytes:
         return orjson.dumps(

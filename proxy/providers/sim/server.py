@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from proxy.http.bodies import check_depth
+from proxy.http.bodies import check_depth, read_raw_body
 from proxy.http.errors import GatewayError
 from proxy.providers.sim import engine as sim
 from proxy.providers.sim.embeddings import embed
@@ -23,9 +23,9 @@ from proxy.providers.sim.embeddings import embed
 
 async def _json_body(request: web.Request) -> dict[str, Any]:
     try:
-        raw = await request.read()
-    except web.RequestPayloadError:
-        raise sim.SimError("the body does not match its Content-Encoding") from None
+        raw = await read_raw_body(request)
+    except GatewayError as err:
+        raise sim.SimError.of(err) from None
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -40,7 +40,9 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
 
 
 def _refusal(err: sim.SimError) -> web.Response:
-    return web.Response(status=err.status, body=err.body(), content_type="application/json")
+    return web.Response(
+        status=err.status, body=err.body(), content_type="application/json", headers=err.headers
+    )
 
 
 def build_sim_app(ttft_ms: float, tokens_per_second: float) -> web.Application:
