@@ -3,8 +3,9 @@
 Served in-process by `proxy.providers.sim.provider` and over HTTP by
 `proxy.providers.sim.server`. A vector depends only on its input, so the same
 text always gets the same embedding; usage counts words and punctuation.
-At OpenAI's limits (2,048 inputs of 3,072 dimensions) a reply takes about a
-second to build, so both callers build it on a worker thread.
+At OpenAI's limits (2,048 inputs of 3,072 dimensions) a reply is ~135 MB of
+JSON and takes a second or more to build, so both callers build it on a
+worker thread, off the event loop.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from proxy.providers.sim.limits import validate_embeddings
 
 def _vector(seed: bytes, dims: int) -> array[float]:
     raw = array("h", hashlib.shake_256(seed).digest(dims * 2))
-    scale = 1.0 / (math.hypot(*raw) or 1.0)
-    return array("f", map(scale.__mul__, raw))
+    norm = math.sqrt(sum(v * v for v in raw)) or 1.0
+    return array("f", (v / norm for v in raw))
 
 
 def embed(body: dict[str, Any], model: str) -> tuple[bytes, int]:
