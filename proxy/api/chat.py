@@ -1,9 +1,9 @@
 """POST /v1/chat/completions: the hot path.
 
-Validates the body, resolves the alias, calls the upstream through
-`proxy.routing.failover`, then relays the reply: one JSON body, or the stream
-piece by piece (`proxy.api.streaming`). A `Meter` makes the request's one
-usage record on every way out.
+Validates the body (`proxy.api.chat_params`), resolves the alias, calls the
+upstream through `proxy.routing.failover`, then relays the reply: one JSON
+body, or the stream piece by piece (`proxy.api.streaming`). A `Meter` makes
+the request's one usage record on every way out.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from typing import Any
 
 from aiohttp import web
 
+from proxy.api.chat_params import check_chat
 from proxy.api.streaming import relay_stream, sse_response
 from proxy.api.timing import served_headers
 from proxy.config.model import Deployment
-from proxy.http import errors
 from proxy.http.bodies import read_json_body, require_alias
 from proxy.metering import tokens
 from proxy.metering.meter import CLIENT_GONE, LocalCount, Meter
@@ -32,17 +32,10 @@ ENDPOINT = "chat.completions"
 
 def parse_chat(body: dict[str, Any]) -> ChatRequest:
     alias = require_alias(body)
-    messages = body.get("messages")
-    if messages is None:
-        raise errors.missing_param("messages")
-    if not isinstance(messages, list) or not messages:
-        raise errors.invalid_param("messages", "'messages' must be a non-empty array.")
-    stream = body.get("stream")
-    if stream is not None and not isinstance(stream, bool):
-        raise errors.invalid_param("stream", "'stream' must be a boolean.")
+    check_chat(body)  # a bad parameter is a 400 here, before any upstream is called
     opts = body.get("stream_options")
     include_usage = isinstance(opts, dict) and opts.get("include_usage") is True
-    return ChatRequest(alias, body, stream is True, include_usage)
+    return ChatRequest(alias, body, body.get("stream") is True, include_usage)
 
 
 def chat_counter(body: dict[str, Any]) -> LocalCount:

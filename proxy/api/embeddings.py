@@ -1,7 +1,8 @@
 """POST /v1/embeddings: pass-through with the alias rewritten and input tokens billed.
 
 `encoding_format` (float or base64) and `dimensions` reach the upstream as the
-client sent them; `input` may be a string, a list of strings, or token-id lists.
+client sent them; `input` may be a string, a list of strings, or token-id lists
+(`proxy.api.embeddings_params` checks them all before the upstream is called).
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ from typing import Any
 
 from aiohttp import web
 
+from proxy.api.embeddings_params import check_embeddings
 from proxy.api.timing import served_headers
 from proxy.config.model import Deployment
-from proxy.http import errors
 from proxy.http.bodies import read_json_body, require_alias
 from proxy.metering import tokens
 from proxy.metering.meter import LocalCount, Meter
@@ -23,32 +24,9 @@ from proxy.routing.router import resolve_route
 from proxy.server.state import STATE
 
 
-def _valid_input(inp: Any) -> bool:
-    if isinstance(inp, str):
-        return True
-    if not isinstance(inp, list) or not inp:
-        return False
-    if all(isinstance(x, int) for x in inp):
-        return True
-    return all(
-        isinstance(x, str) or (isinstance(x, list) and x and all(isinstance(t, int) for t in x))
-        for x in inp
-    )
-
-
 def parse_embeddings(body: dict[str, Any]) -> EmbeddingsRequest:
     alias = require_alias(body)
-    if "input" not in body:
-        raise errors.missing_param("input")
-    if not _valid_input(body["input"]):
-        raise errors.invalid_param(
-            "input", "'input' must be a string, an array of strings, or arrays of token ids."
-        )
-    fmt = body.get("encoding_format")
-    if fmt is not None and fmt not in ("float", "base64"):
-        raise errors.invalid_param(
-            "encoding_format", "'encoding_format' must be 'float' or 'base64'."
-        )
+    check_embeddings(body)  # a bad parameter is a 400 here, before any upstream is called
     return EmbeddingsRequest(alias, body)
 
 

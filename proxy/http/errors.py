@@ -107,6 +107,17 @@ def bad_json(detail: str) -> GatewayError:
     )
 
 
+def unreadable_body(encoding: str) -> GatewayError:
+    """A body that is not what its Content-Encoding says: the connection closes
+    after this answer, since the rest of the body cannot be read past."""
+    return GatewayError(
+        400,
+        f"We could not parse the JSON body of your request: it is not valid '{encoding}' data",
+        code="invalid_json",
+        headers={"Connection": "close"},
+    )
+
+
 def missing_param(param: str) -> GatewayError:
     return GatewayError(
         400,
@@ -118,6 +129,65 @@ def missing_param(param: str) -> GatewayError:
 
 def invalid_param(param: str, message: str) -> GatewayError:
     return GatewayError(400, message, code="invalid_value", param=param)
+
+
+def invalid_type(param: str, expected: str, got: str) -> GatewayError:
+    """A value of the wrong JSON type, in OpenAI's words ("expected a string, but
+    got an integer instead")."""
+    return GatewayError(
+        400,
+        f"Invalid type for '{param}': expected {expected}, but got {got} instead.",
+        code="invalid_type",
+        param=param,
+    )
+
+
+def unsupported_value(param: str, value: str, supported: tuple[str, ...]) -> GatewayError:
+    """A string outside its enum, listing the values that are accepted."""
+    names = [f"'{s}'" for s in supported]
+    listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + ", and " + names[-1]
+    return GatewayError(
+        400,
+        f"Invalid value: '{value}'. Supported values are: {listed}.",
+        code="invalid_value",
+        param=param,
+    )
+
+
+def out_of_range(
+    param: str, value: float, bound: float, *, above: bool, integer: bool
+) -> GatewayError:
+    """A number past its minimum or maximum: OpenAI's `integer_below_min_value`,
+    `decimal_above_max_value` and the like (`integer`: the parameter's type)."""
+    kind = "integer" if integer else "decimal"
+    side, op, edge = ("above", "<=", "max") if above else ("below", ">=", "min")
+    return GatewayError(
+        400,
+        f"Invalid '{param}': {kind} {side} {edge}imum value. "
+        f"Expected a value {op} {bound}, but got {value} instead.",
+        code=f"{kind}_{side}_{edge}_value",
+        param=param,
+    )
+
+
+def empty_array(param: str) -> GatewayError:
+    return GatewayError(
+        400,
+        f"Invalid '{param}': empty array. "
+        "Expected an array with minimum length 1, but got an empty array instead.",
+        code="empty_array",
+        param=param,
+    )
+
+
+def array_too_long(param: str, length: int, limit: int) -> GatewayError:
+    return GatewayError(
+        400,
+        f"Invalid '{param}': array too long. Expected an array with maximum length "
+        f"{limit}, but got an array with length {length} instead.",
+        code="array_above_max_length",
+        param=param,
+    )
 
 
 def body_too_large(limit: int) -> GatewayError:

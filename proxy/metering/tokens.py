@@ -90,41 +90,66 @@ def _content_text(content: Any) -> str:
         return content
     if isinstance(content, list):
         return "".join(
-            p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"
+            p["text"]
+            for p in content
+            if isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
         )
     return ""
 
 
-def count_chat_input(body: dict[str, Any], encoding: str = "o200k_base") -> int:
-    """Prompt tokens of a chat request, by OpenAI's published per-message rule
-    (3 tokens per message, 1 per name, 3 to prime the reply), plus tool
-    definitions serialised as JSON. Images are not counted here."""
+def _json_text(value: Any) -> str:
+    """`value` as JSON text, or "" when orjson cannot encode it (nested too deep)."""
     import orjson
 
+    try:
+        return orjson.dumps(value).decode()
+    except orjson.JSONEncodeError:
+        return ""
+
+
+def count_chat_input(body: Any, encoding: str = "o200k_base") -> int:
+    """Prompt tokens of a chat request, by OpenAI's published per-message rule
+    (3 tokens per message, 1 per name, 3 to prime the reply), plus tool
+    definitions serialised as JSON. Images are not counted here.
+
+    Total on any JSON value: only what is text counts, nothing raises (the
+    meter calls it on bodies the upstream may have refused)."""
     enc = get_encoding(encoding)
     total = 3
-    for msg in body.get("messages") or ():
+    if not isinstance(body, dict):
+        return total
+    messages = body.get("messages")
+    for msg in messages if isinstance(messages, list) else ():
         if not isinstance(msg, dict):
             continue
         total += 3
         total += len(enc.encode_ordinary(_content_text(msg.get("content"))))
-        if msg.get("name"):
-            total += 1 + len(enc.encode_ordinary(str(msg["name"])))
+        name = msg.get("name")
+        if isinstance(name, str) and name:
+            total += 1 + len(enc.encode_ordinary(name))
         if msg.get("tool_calls"):
-            total += len(enc.encode_ordinary(orjson.dumps(msg["tool_calls"]).decode()))
+            total += len(enc.encode_ordinary(_json_text(msg["tool_calls"])))
     if body.get("tools"):
-        total += len(enc.encode_ordinary(orjson.dumps(body["tools"]).decode()))
+        total += len(enc.encode_ordinary(_json_text(body["tools"])))
     return total
 
 
 def count_embedding_input(inp: Any, encoding: str = "o200k_base") -> int:
+    """Input tokens of an embeddings `input`: a string, token ids, or a list of
+    strings or token-id lists. Total on any JSON value: other items count 0."""
     if isinstance(inp, str):
         return count_text(inp, encoding)
-    if isinstance(inp, list):
-        if inp and all(isinstance(x, int) for x in inp):
-            return len(inp)
-        return sum(count_embedding_input(x, encoding) for x in inp)
-    return 0
+    if not isinstance(inp, list):
+        return 0
+    total = 0
+    for item in inp:
+        if isinstance(item, str):
+            total += count_text(item, encoding)
+        elif type(item) is int:  # a token id of a single input
+            total += 1
+        elif isinstance(item, list):  # one input's token ids
+            total += sum(1 for t in item if type(t) is int)
+    return total
 
 
 async def count_locally(

@@ -3,6 +3,9 @@
 Served in-process by `proxy.providers.sim.provider` and over HTTP by
 `proxy.providers.sim.server`. A vector depends only on its input, so the same
 text always gets the same embedding; usage counts words and punctuation.
+At OpenAI's limits (2,048 inputs of 3,072 dimensions) a reply is ~135 MB of
+JSON and takes a second or more to build, so both callers build it on a
+worker thread, off the event loop.
 """
 
 from __future__ import annotations
@@ -16,9 +19,7 @@ from typing import Any
 
 import orjson
 
-from proxy.providers.sim.engine import PIECE, SimError
-
-DEFAULT_DIMENSIONS = 1536
+from proxy.providers.sim.limits import validate_embeddings
 
 
 def _vector(seed: bytes, dims: int) -> array[float]:
@@ -28,40 +29,26 @@ def _vector(seed: bytes, dims: int) -> array[float]:
 
 
 def embed(body: dict[str, Any], model: str) -> tuple[bytes, int]:
-    """The reply's bytes and the input tokens it reports."""
-    inp = body.get("input")
-    if isinstance(inp, str):
-        items: list[Any] = [inp]
-    elif isinstance(inp, list) and inp and all(isinstance(x, int) for x in inp):
-        items = [inp]
-    elif isinstance(inp, list) and inp:
-        items = inp
-    else:
-        raise SimError(
-            "'input' must be a non-empty string, array of strings or token arrays", "input"
-        )
-    dims = body.get("dimensions") or DEFAULT_DIMENSIONS
-    if not isinstance(dims, int) or not 1 <= dims <= 8192:
-        raise SimError("'dimensions' must be an integer between 1 and 8192", "dimensions")
-    fmt = body.get("encoding_format") or "float"
-    if fmt not in ("float", "base64"):
-        raise SimError("'encoding_format' must be 'float' or 'base64'", "encoding_format")
-    data, tokens = [], 0
+    """The reply's bytes and the input tokens it reports; `SimError` for a request
+    OpenAI would refuse (`proxy.providers.sim.limits`)."""
+    items, counts, dims = validate_embeddings(body)
+    base64_format = body.get("encoding_format") == "base64"
+    data = []
+    vectors: dict[bytes, array[float]] = {}  # the same input twice is computed once
     for i, item in enumerate(items):
-        if isinstance(item, str):
-            seed, tokens = item.encode(), tokens + max(1, len(PIECE.findall(item)))
-        elif isinstance(item, list) and all(isinstance(x, int) for x in item):
-            seed, tokens = orjson.dumps(item), tokens + len(item)
-        else:
-            raise SimError(f"'input[{i}]' must be a string or an array of token ids", "input")
-        vec = _vector(seed, dims)
-        if fmt == "base64":
+        seed = item.encode() if type(item) is str else orjson.dumps(item)
+        vec = vectors.get(seed)
+        if vec is None:
+            vec = vectors[seed] = _vector(seed, dims)
+        if base64_format:
             if sys.byteorder != "little":
+                vec = array("f", vec)
                 vec.byteswap()
             value: Any = base64.b64encode(vec.tobytes()).decode()
         else:
             value = vec.tolist()
         data.append({"object": "embedding", "index": i, "embedding": value})
+    tokens = sum(counts)
     return orjson.dumps(
         {
             "object": "list",

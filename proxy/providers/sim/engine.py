@@ -10,20 +10,31 @@ same engine over HTTP as a standalone upstream for load tests.
 
 Usage it reports: one completion token per emitted chunk; prompt tokens by a
 cheap word-and-punctuation count (3 per message, 3 to prime), so that the
-simulator needs no tokenizer in memory.
+simulator needs no tokenizer in memory. What it refuses, and that count, live
+in `proxy.providers.sim.limits`: callers run `validate_chat` first, and a
+`ChatPlan` never raises even on a body that skipped it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import re
 import secrets
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
+
+from proxy.providers.sim.limits import (
+    MAX_COMPLETION_TOKENS,
+    SimError,
+    text_of,
+    validate_chat,
+)
+from proxy.providers.sim.limits import prompt_tokens as count_prompt
+
+__all__ = ["ChatPlan", "SimError", "chat_completion", "chat_stream", "validate_chat"]
 
 WORDS = (
     " the",
@@ -79,79 +90,39 @@ WORDS = (
     " production",
 )
 DEFAULT_REPLY_TOKENS = 24
-PIECE = re.compile(r"\w+|[^\w\s]")
-
-
-class SimError(Exception):
-    """A request the simulator refuses, as OpenAI would (400 and a message)."""
-
-    def __init__(self, message: str, param: str | None = None, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.param = param
-
-    def body(self) -> bytes:
-        return orjson.dumps(
-            {
-                "error": {
-                    "message": self.message,
-                    "type": "invalid_request_error",
-                    "param": self.param,
-                    "code": None,
-                }
-            }
-        )
-
-
-def _text_of(content: Any) -> tuple[str, int]:
-    """(text, number of images) of a message's content."""
-    if isinstance(content, str):
-        return content, 0
-    text, images = [], 0
-    if isinstance(content, list):
-        for part in content:
-            if isinstance(part, dict):
-                if part.get("type") == "text":
-                    text.append(str(part.get("text", "")))
-                elif part.get("type") == "image_url":
-                    images += 1
-    return " ".join(text), images
-
-
-def prompt_tokens(messages: list[Any]) -> int:
-    total = 3
-    for msg in messages:
-        if isinstance(msg, dict):
-            text, images = _text_of(msg.get("content"))
-            total += 3 + len(PIECE.findall(text)) + 85 * images
-    return total
 
 
 def _seed(body: dict[str, Any]) -> int:
     last = ""
-    for msg in body.get("messages") or ():
-        if isinstance(msg, dict) and msg.get("role") == "user":
-            last = _text_of(msg.get("content"))[0]
-    return int.from_bytes(hashlib.sha256(last.encode()).digest()[:4], "little")
+    messages = body.get("messages")
+    for msg in messages if type(messages) is list else ():
+        if type(msg) is dict and msg.get("role") == "user":
+            last = text_of(msg.get("content"))[0]
+    return int.from_bytes(hashlib.sha256(last.encode(errors="replace")).digest()[:4], "little")
 
 
 def sample_from_schema(schema: Any, depth: int = 0) -> Any:
-    """A value that satisfies a (simple) JSON schema: enough for tool arguments."""
-    if not isinstance(schema, dict) or depth > 8:
+    """A value that satisfies a (simple) JSON schema: enough for tool arguments.
+
+    Any JSON value is accepted as a schema; what it cannot read gives `None`."""
+    if type(schema) is not dict or depth > 8:
         return None
     if "const" in schema:
         return schema["const"]
-    if schema.get("enum"):
-        return schema["enum"][0]
+    enum = schema.get("enum")
+    if type(enum) is list and enum:
+        return enum[0]
     for key in ("anyOf", "oneOf", "allOf"):
-        if schema.get(key):
-            return sample_from_schema(schema[key][0], depth + 1)
+        options = schema.get(key)
+        if type(options) is list and options:
+            return sample_from_schema(options[0], depth + 1)
     kind = schema.get("type")
-    if isinstance(kind, list):
+    if type(kind) is list:
         kind = next((k for k in kind if k != "null"), "null")
     if kind == "object" or "properties" in schema:
-        props = schema.get("properties") or {}
+        props = schema.get("properties")
+        if type(props) is not dict:
+            return {}
         return {k: sample_from_schema(v, depth + 1) for k, v in props.items()}
     if kind == "array":
         return [sample_from_schema(schema.get("items", {"type": "string"}), depth + 1)]
@@ -164,6 +135,18 @@ def sample_from_schema(schema: Any, depth: int = 0) -> Any:
     if kind == "null":
         return None
     return "sample"
+
+
+def _json_text(value: Any) -> str:
+    """`value` as JSON text; "{}" for one nested past what orjson encodes (a deep `const`)."""
+    try:
+        return orjson.dumps(value).decode()
+    except orjson.JSONEncodeError:
+        return "{}"
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if type(value) is dict else {}
 
 
 def _pieces(text: str, size: int = 4) -> list[str]:
@@ -184,39 +167,48 @@ class ChatPlan:
         "finished",
     )
 
-    def __init__(self, body: dict[str, Any]) -> None:
+    def __init__(self, body: dict[str, Any], prompt_tokens: int | None = None) -> None:
+        """The plan for a body that `limits.validate_chat` accepted (whose result
+        `prompt_tokens` is); on any other body it still answers, never raises."""
         # progress of a stream of this plan: read by the provider's reply
         self.pieces_sent = 0
         self.first_content_at: float | None = None
         self.finished = False
-        self.prompt_tokens = prompt_tokens(body.get("messages") or [])
+        if prompt_tokens is None:
+            prompt_tokens = count_prompt(body.get("messages"))
+        self.prompt_tokens = prompt_tokens
         self.tool_name: str | None = None
         self.call_id = "call_" + secrets.token_hex(12)
-        limit = body.get("max_completion_tokens") or body.get("max_tokens")
-        n = int(limit) if isinstance(limit, int) and limit > 0 else DEFAULT_REPLY_TOKENS
-        self.finish_reason = "length" if isinstance(limit, int) and limit > 0 else "stop"
+        limit: Any = body.get("max_completion_tokens") or body.get("max_tokens")
+        capped = type(limit) is int and 0 < limit <= MAX_COMPLETION_TOKENS
+        n = int(limit) if capped else DEFAULT_REPLY_TOKENS
+        self.finish_reason = "length" if capped else "stop"
         tools = body.get("tools")
         choice = body.get("tool_choice")
-        fmt = body.get("response_format")
-        if isinstance(tools, list) and tools and choice != "none":
-            tool = tools[0]
-            if isinstance(choice, dict):
-                wanted = (choice.get("function") or {}).get("name")
+        fmt = _dict(body.get("response_format"))
+        if type(tools) is list and tools and choice != "none":
+            tool = _dict(tools[0])
+            if type(choice) is dict:
+                wanted = _dict(choice.get("function")).get("name")
                 tool = next(
-                    (t for t in tools if (t.get("function") or {}).get("name") == wanted), tool
+                    (
+                        t
+                        for t in map(_dict, tools)
+                        if _dict(t.get("function")).get("name") == wanted
+                    ),
+                    tool,
                 )
-            fn = tool.get("function") or {}
-            self.tool_name = str(fn.get("name", "tool"))
-            args = orjson.dumps(sample_from_schema(fn.get("parameters") or {})).decode()
-            self.content_pieces = _pieces(args)
+            fn = _dict(tool.get("function"))
+            name = fn.get("name")
+            self.tool_name = name if type(name) is str else "tool"
+            self.content_pieces = _pieces(_json_text(sample_from_schema(fn.get("parameters"))))
             self.finish_reason = "tool_calls"
-        elif isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema"):
+        elif fmt.get("type") in ("json_object", "json_schema"):
             if fmt["type"] == "json_schema":
-                schema = (fmt.get("json_schema") or {}).get("schema") or {}
-                value = sample_from_schema(schema)
+                value = sample_from_schema(_dict(fmt.get("json_schema")).get("schema"))
             else:
                 value = {"reply": "".join(self._words(body, 8)).strip()}
-            self.content_pieces = _pieces(orjson.dumps(value).decode())
+            self.content_pieces = _pieces(_json_text(value))
             self.finish_reason = "stop"
         else:
             words = self._words(body, n)
@@ -245,12 +237,6 @@ class ChatPlan:
                 "rejected_prediction_tokens": 0,
             },
         }
-
-
-def validate_chat(body: dict[str, Any]) -> None:
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise SimError("'messages' must be a non-empty array", "messages")
 
 
 def chat_completion(plan: ChatPlan, model: str) -> dict[str, Any]:

@@ -27,7 +27,9 @@ from proxy.providers.sim.engine import (
 
 
 def _refused(err: SimError) -> FailedReply:
-    return FailedReply(err.status, GatewayError(err.status, err.message, param=err.param))
+    return FailedReply(
+        err.status, GatewayError(err.status, err.message, code=err.code, param=err.param)
+    )
 
 
 class SimBodyReply(Reply):
@@ -66,10 +68,10 @@ class SimStreamReply(Reply):
 class SimProvider:
     async def chat(self, deployment: Deployment, request: ChatRequest) -> Reply:
         try:
-            validate_chat(request.body)
+            prompt_tokens = validate_chat(request.body)
         except SimError as err:
             return _refused(err)
-        plan = ChatPlan(request.body)
+        plan = ChatPlan(request.body, prompt_tokens)
         if request.stream:
             stream = chat_stream(
                 plan,
@@ -91,7 +93,8 @@ class SimProvider:
         if deployment.ttft_ms > 0:
             await asyncio.sleep(deployment.ttft_ms / 1000.0)
         try:
-            payload, tokens = embed(request.body, request.alias)
+            # up to a second of work at OpenAI's limits: not on the event loop
+            payload, tokens = await asyncio.to_thread(embed, request.body, request.alias)
         except SimError as err:
             return _refused(err)
         return SimBodyReply(payload, Usage(tokens, 0))

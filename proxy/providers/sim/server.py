@@ -15,33 +15,45 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from proxy.http.bodies import check_depth, read_raw_body
+from proxy.http.errors import GatewayError
 from proxy.providers.sim import engine as sim
 from proxy.providers.sim.embeddings import embed
 
 
-def _json_body(raw: bytes) -> dict[str, Any]:
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    try:
+        raw = await read_raw_body(request)
+    except GatewayError as err:
+        raise sim.SimError.of(err) from None
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise sim.SimError("invalid JSON body") from None
     if not isinstance(body, dict):
         raise sim.SimError("the body must be a JSON object")
+    try:
+        check_depth(raw, body)  # what orjson could not encode again
+    except GatewayError as err:
+        raise sim.SimError.of(err) from None
     return body
 
 
 def _refusal(err: sim.SimError) -> web.Response:
-    return web.Response(status=err.status, body=err.body(), content_type="application/json")
+    return web.Response(
+        status=err.status, body=err.body(), content_type="application/json", headers=err.headers
+    )
 
 
 def build_sim_app(ttft_ms: float, tokens_per_second: float) -> web.Application:
     async def chat(request: web.Request) -> web.StreamResponse:
         try:
-            body = _json_body(await request.read())
-            sim.validate_chat(body)
+            body = await _json_body(request)
+            prompt_tokens = sim.validate_chat(body)
         except sim.SimError as err:
             return _refusal(err)
-        model = str(body.get("model", "sim"))
-        plan = sim.ChatPlan(body)
+        model = body.get("model") or "sim"
+        plan = sim.ChatPlan(body, prompt_tokens)
         if body.get("stream") is True:
             opts = body.get("stream_options")
             include_usage = isinstance(opts, dict) and opts.get("include_usage") is True
@@ -65,8 +77,11 @@ def build_sim_app(ttft_ms: float, tokens_per_second: float) -> web.Application:
 
     async def embeddings(request: web.Request) -> web.Response:
         try:
-            body = _json_body(await request.read())
-            payload, _ = embed(body, str(body.get("model", "sim")))
+            body = await _json_body(request)
+            model = body.get("model")
+            if model is not None and type(model) is not str:
+                raise sim.SimError("'model' must be a string.", "model", code="invalid_type")
+            payload, _ = await asyncio.to_thread(embed, body, model or "sim")
         except sim.SimError as err:
             return _refusal(err)
         return web.Response(body=payload, content_type="application/json")
