@@ -138,8 +138,7 @@ async def test_a_row_sqlite_refuses_is_set_aside_and_blocks_nothing(
     assert stored(tmp_path / "usage.db") == {"req-good-1": (12, 34), "req-good-2": (7, 34)}
     [entry] = rejected(journal_dir)
     assert entry["record"]["request_id"] == "req-bad"
-    field = next(iter(bad))
-    assert field in entry["reason"] or "Error" in entry["reason"]
+    assert next(iter(bad)) in entry["reason"]  # names the column
     # the segments holding the batch are gone: nothing is replayed (or rejected) twice
     assert journaled_ids(journal_dir) == set()
 

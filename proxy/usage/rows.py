@@ -69,25 +69,25 @@ def record_of(row: tuple[Any, ...]) -> dict[str, Any]:
 
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
-_TEXT_NOT_NULL = tuple(
-    COLUMNS.index(c) for c in ("request_id", "key_id", "model", "deployment", "endpoint")
+_INTEGERS = frozenset(
+    COLUMNS.index(c) for c in ("status", "stream", "input_tokens", "output_tokens")
 )
-_INTEGERS = tuple(COLUMNS.index(c) for c in ("status", "stream", "input_tokens", "output_tokens"))
+_BINDABLE = (type(None), int, float, str, bytes)
 
 
 def row_problem(row: tuple[Any, ...]) -> str | None:
-    """Why SQLite cannot hold this row faithfully, or None when it can.
+    """Which column SQLite cannot take as recorded, and why; None when it can.
 
-    Checked where rows come back from a journal (JSON turns an integer past 64
-    bits into a float) and to name the column when a live row failed."""
-    for i in _TEXT_NOT_NULL:
-        if not isinstance(row[i], str):
-            return f"{COLUMNS[i]}: {row[i]!r} is not a string"
-    for i in _INTEGERS:
-        value = row[i]
-        integral = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
-        if not integral or not _INT64_MIN <= value <= _INT64_MAX:
-            return f"{COLUMNS[i]}: {value!r} is not a 64-bit integer"
+    Replay checks each row with it: JSON gives an integer past 64 bits back as
+    a float, which SQLite would store, while the live writer could not bind
+    it (OverflowError); refusing it here treats it the same both ways. The
+    live writer uses it only to name the column of a row SQLite refused."""
+    for i, value in enumerate(row):
+        if not isinstance(value, _BINDABLE):
+            return f"{COLUMNS[i]}: a {type(value).__name__} cannot be stored"
+        in_range = not isinstance(value, int | float) or _INT64_MIN <= value <= _INT64_MAX
+        if i in _INTEGERS and not in_range:
+            return f"{COLUMNS[i]}: {value!r} does not fit a 64-bit integer"
     return None
 
 

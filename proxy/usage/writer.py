@@ -91,16 +91,12 @@ class UsageWriter:
         refused: list[tuple[Row, str]] = []
         try:
             for row in batch:
-                problem = row_problem(row)
-                if problem is None:
-                    try:
-                        await self._db.execute(INSERT_SQL, row)
-                        continue
-                    except Exception as exc:
-                        if is_transient(exc):
-                            raise
-                        problem = f"{type(exc).__name__}: {exc}"
-                refused.append((row, problem))
+                try:
+                    await self._db.execute(INSERT_SQL, row)
+                except Exception as exc:
+                    if is_transient(exc):
+                        raise
+                    refused.append((row, row_problem(row) or f"{type(exc).__name__}: {exc}"))
             await self._db.commit()
         except BaseException:
             await self._rollback()
