@@ -226,6 +226,43 @@ async def test_a_full_disk_loses_no_record(tmp_path: Path, db: aiosqlite.Connect
     assert set(stored(db_path)) == {"req-full-1", "req-space-1", "req-full-2", "req-space-2"}
 
 
+async def test_a_close_while_sqlite_is_locked_leaves_every_record_to_replay(
+    tmp_path: Path, db: aiosqlite.Connection
+) -> None:
+    """Shutting down with SQLite locked: even a record whose append failed (only in
+    memory) is in the journal afterwards, and the next start's replay loads it."""
+    db_path = tmp_path / "usage.db"
+    journal_dir = tmp_path / "usage.db.journal"
+    await db.execute("PRAGMA busy_timeout=50")
+    writer = UsageWriter(journal_dir, db, db_path)
+    [segment] = segment_paths(journal_dir)
+    seg_fd = _descriptor_of(segment)
+    saved = os.dup(seg_fd)
+    full = os.open("/dev/full", os.O_WRONLY)
+    os.dup2(full, seg_fd)
+    writer.append(record("req-in-memory"))
+    os.dup2(saved, seg_fd)
+    os.close(saved)
+    os.close(full)
+    writer.append(record("req-journaled"))
+    holder = sqlite3.connect(db_path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        await writer.close()  # its last flush fails: no exception out of shutdown
+    finally:
+        holder.execute("COMMIT")
+        holder.close()
+    assert stored(db_path) == {}
+    assert journaled_ids(journal_dir) == {"req-in-memory", "req-journaled"}
+    conn = storage.connect(db_path)
+    try:
+        assert replay_journals(journal_dir, conn) == 2
+    finally:
+        conn.close()
+    assert set(stored(db_path)) == {"req-in-memory", "req-journaled"}
+    assert rejected(journal_dir) == []
+
+
 def _descriptor_of(path: Path) -> int:
     for entry in os.listdir("/proc/self/fd"):
         try:

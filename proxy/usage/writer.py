@@ -155,4 +155,8 @@ class UsageWriter:
                 pending=len(self._pending),
                 message="left in the journal, replayed at the next start",
             )
+            # rows whose append failed (disk full) live only in memory: one more
+            # try; rows journaled twice are keyed, replay counts them once
+            for row in self._pending:
+                self._journal.append(record_of(row))
         self._journal.close()
