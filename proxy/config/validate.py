@@ -13,15 +13,19 @@ from __future__ import annotations
 import json
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from jsonschema import Draft202012Validator, ValidationError
+if TYPE_CHECKING:
+    from jsonschema import Draft202012Validator, ValidationError
 
 SCHEMA_FILE = "config.schema.json"
 
 
 @cache
 def _validator() -> Draft202012Validator:
+    # imported here: a run without a config file does not pay for it
+    from jsonschema import Draft202012Validator
+
     schema = json.loads(resources.files("proxy.config").joinpath(SCHEMA_FILE).read_text())
     return Draft202012Validator(schema)
 
