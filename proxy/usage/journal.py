@@ -111,9 +111,15 @@ class UsageJournal:
     def append(self, record: dict[str, Any]) -> bool:
         """Write the record to the segment; False (and logged) if it is only in memory."""
         try:
-            line = encode_line(record)
-            # after a torn write, end that line first so that this one parses
-            _write_all(self._fd, b"\n" + line if self._torn else line)
+            try:
+                line = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+            except TypeError:
+                line = encode_line(record)  # integers past 64 bits: stdlib json
+            if self._torn:  # end the torn line first so that this one parses
+                line = b"\n" + line
+            written = os.write(self._fd, line)
+            if written < len(line):  # short write (disk filling up): the rest, or OSError
+                _write_all(self._fd, line[written:])
         except (OSError, TypeError, ValueError) as exc:
             self._torn = self._dirty = True
             if not self._failed_appends:
