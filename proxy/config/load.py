@@ -2,7 +2,9 @@
 the catalogue.
 
 `load_config` reads the TOML file named by `--config`, `PROMETHEUS_CONFIG` or
-`./prometheus.toml` (in that order), lays it over the built-in defaults from
+`./prometheus.toml` (in that order), checks it against the config schema
+(`proxy.config.validate`: a wrong type, an unknown field or value is refused
+naming the field, before anything is read), lays it over the built-in defaults from
 `proxy.config.catalogue`, and switches the defaults to real upstreams when provider
 credentials are in the environment. The CLI, the server and the tests build a
 `GatewayConfig` this way; nothing on the request path reads files or env.
@@ -17,6 +19,7 @@ from typing import Any
 
 from proxy.config import catalogue
 from proxy.config.model import AliasRoute, Deployment, GatewayConfig, Price
+from proxy.config.validate import config_errors
 
 
 class ConfigError(ValueError):
@@ -133,18 +136,31 @@ def find_config_file(explicit: str | None, env: dict[str, str]) -> Path | None:
     return local if local.exists() else None
 
 
+def _read_file(cfg_path: Path) -> dict[str, Any]:
+    """The file's TOML table, checked against the config schema."""
+    try:
+        raw = tomllib.loads(cfg_path.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {cfg_path} not found") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {cfg_path}: cannot be read: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {cfg_path}: {exc}") from exc
+    errors = config_errors(raw)
+    if len(errors) == 1:
+        raise ConfigError(f"config file {cfg_path}: {errors[0]}")
+    if errors:
+        raise ConfigError(f"config file {cfg_path}:" + "".join(f"\n  {e}" for e in errors))
+    return raw
+
+
 def load_config(path: str | None = None, env: dict[str, str] | None = None) -> GatewayConfig:
     env = dict(os.environ) if env is None else env
     routes, upstream_source = _default_routes(env)
     cfg_path = find_config_file(path, env)
     raw: dict[str, Any] = {}
     if cfg_path is not None:
-        try:
-            raw = tomllib.loads(cfg_path.read_text())
-        except FileNotFoundError as exc:
-            raise ConfigError(f"config file {cfg_path} not found") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {cfg_path}: {exc}") from exc
+        raw = _read_file(cfg_path)
     server = raw.get("server", {})
     storage = raw.get("storage", {})
     warnings = _parse_models(raw.get("models", {}), routes, env)

@@ -1,10 +1,15 @@
-"""A usage record as a row of the `requests` table: its columns and INSERTs.
+"""A usage record as a row of the `requests` table: its columns and INSERTs,
+and which failures are the row's own.
 
-Shared by `proxy.usage.writer` (live batches) and `proxy.usage.replay`.
+Shared by `proxy.usage.writer` (live batches) and `proxy.usage.replay`. A
+failed INSERT is either the row's fault (a value SQLite cannot hold or a
+constraint it breaks: that row is set aside, `proxy.usage.rejected`) or the
+database's (busy, locked, disk full: everything is retried later).
 """
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 
 COLUMNS = (
@@ -25,9 +30,12 @@ COLUMNS = (
     "usage_source",
     "error",
 )
+# Keyed by request id: a row already there is skipped. Only that conflict:
+# `INSERT OR IGNORE` would also drop a row that breaks NOT NULL, silently.
+ON_CONFLICT = " ON CONFLICT (request_id) DO NOTHING"
 INSERT_SQL = (
-    f"INSERT OR IGNORE INTO requests ({', '.join(COLUMNS)}) "
-    f"VALUES ({', '.join('?' for _ in COLUMNS)})"
+    f"INSERT INTO requests ({', '.join(COLUMNS)}) "
+    f"VALUES ({', '.join('?' for _ in COLUMNS)})" + ON_CONFLICT
 )
 
 # A batch goes to SQLite as multi-row INSERTs of up to ROWS_PER_INSERT rows
@@ -45,11 +53,54 @@ def insert_sql(rows: int) -> str:
     sql = _insert_sql_cache.get(rows)
     if sql is None:
         sql = _insert_sql_cache[rows] = (
-            f"INSERT OR IGNORE INTO requests ({', '.join(COLUMNS)}) VALUES "
+            f"INSERT INTO requests ({', '.join(COLUMNS)}) VALUES "
             + ",".join([_ROW_SQL] * rows)
+            + ON_CONFLICT
         )
     return sql
 
 
 def row_of(record: dict[str, Any]) -> tuple[Any, ...]:
     return tuple(record.get(c) for c in COLUMNS)
+
+
+def record_of(row: tuple[Any, ...]) -> dict[str, Any]:
+    return dict(zip(COLUMNS, row, strict=True))
+
+
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_INTEGERS = frozenset(
+    COLUMNS.index(c) for c in ("status", "stream", "input_tokens", "output_tokens")
+)
+_BINDABLE = (type(None), int, float, str, bytes)
+
+
+def row_problem(row: tuple[Any, ...]) -> str | None:
+    """Which column SQLite cannot take as recorded, and why; None when it can.
+
+    Replay checks each row with it: JSON gives an integer past 64 bits back as
+    a float, which SQLite would store, while the live writer could not bind
+    it (OverflowError); refusing it here treats it the same both ways. The
+    live writer uses it only to name the column of a row SQLite refused."""
+    for i, value in enumerate(row):
+        if not isinstance(value, _BINDABLE):
+            return f"{COLUMNS[i]}: a {type(value).__name__} cannot be stored"
+        in_range = not isinstance(value, int | float) or _INT64_MIN <= value <= _INT64_MAX
+        if i in _INTEGERS and not in_range:
+            return f"{COLUMNS[i]}: {value!r} does not fit a 64-bit integer"
+    return None
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A failure of the database or the machine, not of the rows: retry them all later.
+
+    Anything else is taken as the rows' fault: retrying a row SQLite refuses
+    would block every row behind it, while a row set aside is kept on disk."""
+    if isinstance(exc, (sqlite3.OperationalError, MemoryError)):
+        return True  # busy, locked, disk full, I/O error, cannot open
+    if type(exc) is sqlite3.DatabaseError:
+        return True  # the file is corrupt or not a database
+    text = str(exc).lower()
+    if isinstance(exc, sqlite3.ProgrammingError) and "closed" in text:
+        return True  # our own connection is closed, not the row
+    return isinstance(exc, ValueError) and "connection" in text  # aiosqlite's, closed

@@ -3,11 +3,17 @@
 The meter (`proxy.metering.meter`) calls `UsageWriter.append(record)` once per
 request, before the last byte of the response goes out: the record is
 appended at once to this process's journal segment (`proxy.usage.journal`)
-and kept in memory. Every `FLUSH_INTERVAL_S` a background task rotates to a
-fresh segment, writes the batch to SQLite in one transaction (`INSERT OR
-IGNORE` on the request id), then deletes the sealed segment. A failed batch
-is retried next round; a process that dies first leaves its segment to
-`proxy.usage.replay`.
+and kept in memory (also when the append failed). Every `FLUSH_INTERVAL_S` a
+background task rotates to a fresh segment, writes the batch to SQLite in one
+transaction (`ON CONFLICT DO NOTHING` on the request id), then deletes the sealed
+segment.
+
+A batch that fails because of the database (busy, locked, disk full) is
+retried whole next round. A batch that fails because of a row (a value
+SQLite cannot hold) is written again row by row: the good rows are
+committed, and each row SQLite refuses is set aside (`proxy.usage.rejected`),
+so one bad row never holds back the rows behind it. A process that dies
+first leaves its segments to `proxy.usage.replay`.
 """
 
 from __future__ import annotations
@@ -19,11 +25,23 @@ from typing import Any
 
 import aiosqlite
 
+from proxy.observability.logs import get_logger
 from proxy.usage.journal import UsageJournal
+from proxy.usage.rejected import set_aside
 from proxy.usage.replay import SWEEP_INTERVAL_S, sweep
-from proxy.usage.rows import ROWS_PER_INSERT, insert_sql, row_of
+from proxy.usage.rows import (
+    INSERT_SQL,
+    ROWS_PER_INSERT,
+    insert_sql,
+    is_transient,
+    record_of,
+    row_of,
+    row_problem,
+)
 
 FLUSH_INTERVAL_S = 0.25
+
+Row = tuple[Any, ...]
 
 
 class UsageWriter:
@@ -32,43 +50,91 @@ class UsageWriter:
         self._dir = journal_dir
         self._db = db
         self._db_path = db_path
-        self._pending: list[tuple[Any, ...]] = []  # rows journaled, not yet in SQLite
+        self._pending: list[Row] = []  # rows journaled (or not: disk full), not yet in SQLite
         self._task: asyncio.Task[None] | None = None
+        self._log = get_logger()
 
     def append(self, record: dict[str, Any]) -> None:
-        self._journal.append(record)
+        self._journal.append(record)  # a failure is logged there; memory still has the row
         self._pending.append(row_of(record))
 
     async def flush(self) -> None:
+        """Write what is pending; raises (and keeps it pending) if the database failed."""
         if not self._pending:
             return
         batch, self._pending = self._pending, []
         self._journal.rotate()
         try:
+            refused = await self._write(batch)
+        except BaseException:
+            self._pending = batch + self._pending  # try again next round (rows are keyed)
+            raise
+        for row, reason in refused:
+            set_aside(self._dir, record_of(row), reason)
+        self._journal.committed()
+
+    async def _write(self, batch: list[Row]) -> list[tuple[Row, str]]:
+        """Commit the batch; the rows SQLite refused, with why (none, mostly)."""
+        try:
             for start in range(0, len(batch), ROWS_PER_INSERT):
                 chunk = batch[start : start + ROWS_PER_INSERT]
                 await self._db.execute(insert_sql(len(chunk)), [v for row in chunk for v in row])
             await self._db.commit()
-        except Exception:
-            self._pending = batch + self._pending  # try again next round (rows are keyed)
-            try:
-                await self._db.rollback()
-            except Exception:  # noqa: BLE001 - the retry does not depend on it
-                pass
+            return []
+        except BaseException as exc:
+            await self._rollback()
+            if not isinstance(exc, Exception) or is_transient(exc):
+                raise
+        return await self._write_row_by_row(batch)
+
+    async def _write_row_by_row(self, batch: list[Row]) -> list[tuple[Row, str]]:
+        refused: list[tuple[Row, str]] = []
+        try:
+            for row in batch:
+                try:
+                    await self._db.execute(INSERT_SQL, row)
+                except Exception as exc:
+                    if is_transient(exc):
+                        raise
+                    refused.append((row, row_problem(row) or f"{type(exc).__name__}: {exc}"))
+            await self._db.commit()
+        except BaseException:
+            await self._rollback()
             raise
-        self._journal.committed()
+        return refused
+
+    async def _rollback(self) -> None:
+        try:
+            await self._db.rollback()
+        except Exception:  # noqa: BLE001 - the retry does not depend on it
+            pass
 
     async def _run(self) -> None:
         next_sweep = time.monotonic() + SWEEP_INTERVAL_S
+        failing = False
         while True:
             await asyncio.sleep(FLUSH_INTERVAL_S)
             try:
                 await self.flush()
-                if time.monotonic() >= next_sweep:
-                    next_sweep = time.monotonic() + SWEEP_INTERVAL_S
-                    await asyncio.to_thread(sweep, self._dir, self._db_path)
-            except Exception:  # noqa: BLE001 - retried from the journal at next start
+            except Exception as exc:  # noqa: BLE001 - kept pending (and journaled): retried
+                if not failing:
+                    self._log.warning(
+                        "usage_flush_failed",
+                        error=f"{type(exc).__name__}: {exc}",
+                        pending=len(self._pending),
+                        message=f"retrying every {FLUSH_INTERVAL_S} s",
+                    )
+                failing = True
                 continue
+            if failing:
+                self._log.info("usage_flush_recovered")
+                failing = False
+            if time.monotonic() >= next_sweep:
+                next_sweep = time.monotonic() + SWEEP_INTERVAL_S
+                try:
+                    await asyncio.to_thread(sweep, self._dir, self._db_path)
+                except Exception:  # noqa: BLE001 - the segments stay: swept next time
+                    pass
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -80,5 +146,17 @@ class UsageWriter:
                 await self._task
             except asyncio.CancelledError:
                 pass
-        await self.flush()
+        try:
+            await self.flush()
+        except Exception as exc:  # noqa: BLE001 - the journal keeps them for the next start
+            self._log.error(
+                "usage_flush_failed",
+                error=f"{type(exc).__name__}: {exc}",
+                pending=len(self._pending),
+                message="left in the journal, replayed at the next start",
+            )
+            # rows whose append failed (disk full) live only in memory: one more
+            # try; rows journaled twice are keyed, replay counts them once
+            for row in self._pending:
+                self._journal.append(record_of(row))
         self._journal.close()
