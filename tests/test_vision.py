@@ -18,8 +18,13 @@ import openai
 import orjson
 import pytest
 from faulty_upstream import FaultyUpstream
+from gateway_process import GatewayProcess
 from PIL import Image
 from upstream_app import Upstream
+from waiting import wait_for
+
+from proxy.metering.images import tile_tokens
+from proxy.metering.tokens import count_chat_input
 
 
 def _png_data_url(size: tuple[int, int]) -> str:
@@ -72,3 +77,34 @@ def test_a_remote_image_url_is_never_fetched_by_the_gateway(
     if stream:
         assert list(reply)
     assert [p for p, m in image_host.seen if m == "GET"] == []
+
+
+def test_a_dropped_vision_stream_bills_the_image_by_the_tile_formula(
+    gateway: GatewayProcess, upstream: Upstream
+) -> None:
+    key = gateway.create_key("vision-drop")
+    client = openai.OpenAI(base_url=gateway.base_url, api_key=key["key"], max_retries=0)
+    image = _vision_message(_png_data_url((1024, 1024)), "high")[0]
+    # the upstream reads its magic word from the last user message's text
+    messages = [image, {"role": "user", "content": "__hold_after_3__ and then?"}]
+    received = ""
+    with client.chat.completions.create(
+        model="prometheus-lite", stream=True, messages=messages
+    ) as stream:
+        for chunk in stream:
+            received += (chunk.choices[0].delta.content or "") if chunk.choices else ""
+            if received.count(" ") >= 2:  # three words in: leave
+                break
+    rows = wait_for(
+        lambda: gateway.db_rows(
+            "SELECT status, input_tokens, usage_source FROM requests WHERE key_id = ?", key["id"]
+        ),
+        message="the dropped stream's record",
+    )
+    [(status, input_tokens, source)] = rows
+    assert (status, source) == (499, "local")
+    body = {"messages": messages}
+    without_image = {"messages": [{"role": "user", "content": [image["content"][0]]}, messages[1]]}
+    assert input_tokens == count_chat_input(body)
+    assert count_chat_input(body) - count_chat_input(without_image) == tile_tokens(1024, 1024)
+    assert tile_tokens(1024, 1024) == 765

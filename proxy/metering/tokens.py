@@ -17,6 +17,8 @@ from typing import Any
 import tiktoken
 from tiktoken.load import load_tiktoken_bpe
 
+from proxy.metering.images import image_part_tokens
+
 DATA_DIR = Path(__file__).with_name("tokenizer_data")
 
 # name -> (sha256 of the .tiktoken file, special tokens, split pattern); the
@@ -97,6 +99,17 @@ def _content_text(content: Any) -> str:
     return ""
 
 
+def _image_tokens(content: Any) -> int:
+    """Image parts by OpenAI's tile formula (`proxy.metering.images`)."""
+    if not isinstance(content, list):
+        return 0
+    return sum(
+        image_part_tokens(p)
+        for p in content
+        if isinstance(p, dict) and p.get("type") == "image_url"
+    )
+
+
 def _json_text(value: Any) -> str:
     """`value` as JSON text, or "" when orjson cannot encode it (nested too deep)."""
     import orjson
@@ -110,7 +123,7 @@ def _json_text(value: Any) -> str:
 def count_chat_input(body: Any, encoding: str = "o200k_base") -> int:
     """Prompt tokens of a chat request, by OpenAI's published per-message rule
     (3 tokens per message, 1 per name, 3 to prime the reply), plus tool
-    definitions serialised as JSON. Images are not counted here.
+    definitions serialised as JSON, plus image parts by the tile formula.
 
     Total on any JSON value: only what is text counts, nothing raises (the
     meter calls it on bodies the upstream may have refused)."""
@@ -123,7 +136,8 @@ def count_chat_input(body: Any, encoding: str = "o200k_base") -> int:
         if not isinstance(msg, dict):
             continue
         total += 3
-        total += len(enc.encode_ordinary(_content_text(msg.get("content"))))
+        content = msg.get("content")
+        total += len(enc.encode_ordinary(_content_text(content))) + _image_tokens(content)
         name = msg.get("name")
         if isinstance(name, str) and name:
             total += 1 + len(enc.encode_ordinary(name))
