@@ -16,7 +16,7 @@ from aiohttp import web
 
 from proxy import storage
 from proxy.admin import api as admin
-from proxy.api import chat, embeddings, health, models
+from proxy.api import audio, chat, embeddings, health, models
 from proxy.auth.key_table import KeyTable
 from proxy.config.model import GatewayConfig
 from proxy.http.middleware import gateway_middleware
@@ -31,6 +31,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", health.healthz)
     app.router.add_post("/v1/chat/completions", chat.chat_completions)
     app.router.add_post("/v1/embeddings", embeddings.create_embeddings)
+    app.router.add_post("/v1/audio/transcriptions", audio.create_transcription)
     app.router.add_get("/v1/models", models.list_models)
     app.router.add_get("/v1/models/{model_id}", models.get_model)
     app.router.add_post("/admin/keys", admin.create_key)
