@@ -86,7 +86,7 @@ async def _transcribe(request: web.Request, form: Form, upload: Upload) -> web.R
         fields=tuple((k, v) for k, v in form.fields if k not in OWN_FIELDS),
         upload=upload,
         response_format=response_format,
-        upstream_format=upstream_format(response_format),
+        upstream_format=upstream_format(response_format, probe.seconds is not None),
         file_seconds=probe.seconds,
     )
 
@@ -102,6 +102,6 @@ async def _transcribe(request: web.Request, form: Form, upload: Upload) -> web.R
         reported = reply.audio_seconds if isinstance(reply, TranscriptionReply) else None
         if probe.seconds is None and reported is not None:
             meter.bill_audio(reported, "upstream")
-        body, content_type = render(payload, response_format)
+        body, content_type = render(payload, response_format, transcription.upstream_format)
         await meter.settle()
     return web.Response(body=body, headers={"Content-Type": content_type})

@@ -7,7 +7,10 @@ text formats are then made here (`render`), the same way for every
 deployment, so every format works on every upstream, including those that
 answer only JSON (the gpt-4o-transcribe family does not do `verbose_json`
 but still serves `text` through the gateway). JSON formats pass through as the
-upstream sent them.
+upstream sent them. One exception: when the gateway could not read the
+file's length (WebM), it asks for `verbose_json` whatever the client wants,
+for its exact `duration` (json's `usage.seconds` is rounded up to whole
+seconds), and makes `json` from it: `text`, and `usage` where it was sent.
 
 The text shapes are OpenAI's (Whisper's writers): `text` is the transcript
 and a newline; `srt` numbers each segment, `HH:MM:SS,mmm --> HH:MM:SS,mmm`,
@@ -31,9 +34,11 @@ JSON_TYPE = "application/json"
 TEXT_TYPE = "text/plain; charset=utf-8"
 
 
-def upstream_format(response_format: str) -> str:
+def upstream_format(response_format: str, length_known: bool) -> str:
     """What to ask the upstream for to give the client `response_format`."""
-    return "json" if response_format in ("json", "text") else "verbose_json"
+    if response_format in ("json", "text") and length_known:
+        return "json"
+    return "verbose_json"
 
 
 def _bad(detail: str) -> GatewayError:
@@ -79,11 +84,17 @@ def _time(value: Any) -> bool:
     return type(value) in (int, float) and math.isfinite(value) and value >= 0
 
 
-def render(payload: bytes, response_format: str) -> tuple[bytes, str]:
-    """The body and content type for the client, from the upstream's JSON reply."""
-    if response_format in ("json", "verbose_json"):  # checked by the provider's reply
+def render(payload: bytes, response_format: str, asked: str) -> tuple[bytes, str]:
+    """The body and content type for the client, from the upstream's JSON reply
+    to the format the gateway `asked` for."""
+    if response_format == asked:  # json or verbose_json, checked by the provider's reply
         return payload, JSON_TYPE
     data = transcript_object(payload)
+    if response_format == "json":
+        made = {"text": data["text"]}
+        if isinstance(data.get("usage"), dict):
+            made["usage"] = data["usage"]
+        return orjson.dumps(made), JSON_TYPE
     if response_format == "text":
         return (data["text"] + "\n").encode(), TEXT_TYPE
     if response_format == "srt":
