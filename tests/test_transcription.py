@@ -26,7 +26,7 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -180,7 +180,8 @@ def transcribe(
 
 def clock(seconds: float, marker: str) -> str:
     ms = round(seconds * 1000)
-    return f"{ms // 3_600_000:02d}:{ms // 60_000 % 60:02d}:{ms // 1000 % 60:02d}{marker}{ms % 1000:03d}"
+    hours, minutes, secs = ms // 3_600_000, ms // 60_000 % 60, ms // 1000 % 60
+    return f"{hours:02d}:{minutes:02d}:{secs:02d}{marker}{ms % 1000:03d}"
 
 
 def srt_of(segments: list[tuple[float, float, str]]) -> str:
@@ -608,3 +609,275 @@ def test_a_json_body_is_a_400(echo_gateway: GatewayProcess, echo_key: dict[str, 
     )
     assert got == 400
     assert "multipart/form-data" in reply["error"]["message"]
+
+
+# -- 25 MB, and memory -------------------------------------------------------------
+
+
+def rss(gw: GatewayProcess) -> int:
+    assert gw.proc is not None
+    return int(psutil.Process(gw.proc.pid).memory_info().rss)
+
+
+def spooled_files(gw: GatewayProcess) -> list[str]:
+    """The gateway's open upload spools (temp files, unlinked at creation)."""
+    assert gw.proc is not None
+    found = []
+    for fd in Path(f"/proc/{gw.proc.pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if "prometheus-upload" in target:
+            found.append(target)
+    return found
+
+
+def test_26_mb_with_a_content_length_is_413_before_it_is_read(
+    echo_gateway: GatewayProcess,
+    echo_client: openai.OpenAI,
+    upstream: Upstream,
+    audio: dict[str, tuple[Path, float]],
+    tmp_path: Path,
+) -> None:
+    transcribe(echo_client, audio["wav"][0], "json")  # warm: the path has run once
+    path = tmp_path / "big.wav"
+    long_wav(path, 26 * MIB)
+    upstream.clear()
+    before = rss(echo_gateway)
+    with pytest.raises(openai.APIStatusError) as caught:
+        transcribe(echo_client, path, "json")
+    grown = rss(echo_gateway) - before
+    err = caught.value
+    assert err.status_code == 413
+    assert err.response.json()["error"]["code"] == "request_too_large"
+    assert err.response.headers["x-request-id"].startswith("req_")
+    assert upstream.received("/audio/transcriptions") == []
+    print(f"\n26 MB upload with Content-Length: gateway RSS grew {grown / MIB:.2f} MiB")
+    assert grown < 4 * MIB, f"the gateway's RSS grew {grown / MIB:.1f} MiB"
+
+
+def chunked_upload(gw: GatewayProcess, key: str, size: int) -> tuple[int, dict[str, Any]]:
+    """A form whose file is `size` bytes (a WAV header, then silence), sent with
+    chunked transfer encoding: no Content-Length to judge it by."""
+    boundary = "chunked-boundary"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\n'
+        "prometheus-echo\r\n"
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.wav"\r\n'
+        "Content-Type: audio/wav\r\n\r\n"
+    ).encode()
+
+    def body() -> Iterator[bytes]:
+        yield head
+        block = bytes(MIB)
+        left = size
+        while left > 0:
+            yield block[: min(left, MIB)]
+            left -= MIB
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=60)
+    try:
+        conn.request(
+            "POST",
+            "/v1/audio/transcriptions",
+            body=body(),
+            headers={
+                "Authorization": f"Bearer {key}",
+                "Content-Type": f"multipart/form-data; boundary={boundary}",
+            },
+            encode_chunked=True,
+        )
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read())
+    finally:
+        conn.close()
+
+
+def test_26_mb_without_a_content_length_is_413_while_it_is_read(
+    echo_gateway: GatewayProcess, echo_key: dict[str, Any], upstream: Upstream
+) -> None:
+    chunked_upload(echo_gateway, echo_key["key"], 2 * MIB)  # warm: a spool has been made
+    upstream.clear()
+    before = rss(echo_gateway)
+    status, reply = chunked_upload(echo_gateway, echo_key["key"], 26 * MIB)
+    grown = rss(echo_gateway) - before
+    assert status == 413, reply
+    assert (reply["error"]["code"], reply["error"]["param"]) == ("request_too_large", "file")
+    assert upstream.received("/audio/transcriptions") == []
+    wait_for(lambda: spooled_files(echo_gateway) == [], message="the spool to be closed")
+    print(f"\n26 MB chunked upload: gateway RSS grew {grown / MIB:.2f} MiB")
+    assert grown < 4 * MIB, f"the gateway's RSS grew {grown / MIB:.1f} MiB"
+
+
+def test_50_concurrent_10_mb_uploads_keep_memory_bounded(
+    echo_gateway: GatewayProcess,
+    echo_client: openai.OpenAI,
+    upstream: Upstream,
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "ten-mb.wav"
+    long_wav(path, 10 * MIB)
+    seconds = (10 * MIB - 44) // 2 / SAMPLE_RATE
+    transcribe(echo_client, path, "json")  # warm
+    upstream.clear()
+    baseline = peak = rss(echo_gateway)
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, rss(echo_gateway))
+            time.sleep(0.01)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        with ThreadPoolExecutor(50) as pool:
+            results = list(pool.map(lambda _: transcribe(echo_client, path, "text"), range(50)))
+    finally:
+        done.set()
+        sampler.join()
+    assert all(r[0] == "Alpha bravo charlie delta echo foxtrot.\n" for r in results)
+    assert len(upstream.received("/audio/transcriptions")) == 50
+    for _, _, rid, _ in results:
+        assert_billed(echo_gateway, rid, seconds, "file")
+    grown = peak - baseline
+    print(
+        f"\n50 concurrent 10 MB uploads: gateway RSS {baseline / MIB:.1f} MiB before,"
+        f" peak {peak / MIB:.1f} MiB (+{grown / MIB:.1f} MiB) for 500 MiB uploaded"
+    )
+    assert grown < 100 * MIB, f"the gateway's RSS grew {grown / MIB:.1f} MiB"
+    wait_for(lambda: spooled_files(echo_gateway) == [], message="every spool to be closed")
+
+
+# -- an older database ---------------------------------------------------------------
+
+OLD_REQUESTS_TABLE = """
+CREATE TABLE requests (
+    request_id TEXT PRIMARY KEY, ts REAL NOT NULL, key_id TEXT NOT NULL,
+    model TEXT NOT NULL, deployment TEXT NOT NULL, endpoint TEXT NOT NULL,
+    status INTEGER NOT NULL, stream INTEGER NOT NULL, input_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL, audio_seconds REAL NOT NULL, cost_usd REAL NOT NULL,
+    latency_ms REAL NOT NULL, ttft_ms REAL, usage_source TEXT NOT NULL, error TEXT
+);
+INSERT INTO requests VALUES ('req_old', 1700000000.0, 'key_old', 'prometheus-lite', 'sim:x',
+    'chat.completions', 200, 0, 10, 20, 0.0, 0.000009, 12.5, NULL, 'upstream', NULL);
+"""
+
+
+def test_an_older_database_gets_the_new_columns(
+    tmp_path: Path, audio: dict[str, tuple[Path, float]]
+) -> None:
+    import sqlite3
+
+    old = sqlite3.connect(tmp_path / "gateway.db")
+    old.executescript(OLD_REQUESTS_TABLE)
+    old.close()
+    gw = GatewayProcess(tmp_path, '[storage]\npath = "gateway.db"\n').start()
+    try:
+        columns = {row[1] for row in gw.db_rows("PRAGMA table_info(requests)")}
+        assert {"audio_source", "cached_tokens", "reasoning_tokens"} <= columns
+        assert gw.db_rows(
+            "SELECT audio_source, cached_tokens, reasoning_tokens FROM requests"
+            " WHERE request_id = 'req_old'"
+        ) == [(None, 0, 0)]
+        key = gw.create_key("after-migration")
+        client = openai.OpenAI(base_url=gw.base_url, api_key=key["key"], max_retries=0)
+        path, seconds = audio["flac"]
+        _, _, rid, _ = transcribe(client, path, "json")
+        assert_billed(gw, rid, seconds, "file")
+        rec = usage_record(gw, rid)
+        assert (rec["cached_tokens"], rec["reasoning_tokens"]) == (0, 0)
+        assert {row["key_id"] for row in gw.usage()} == {"key_old", key["id"]}
+    finally:
+        gw.stop()
+
+
+# -- OpenAI's schemas ----------------------------------------------------------------
+
+SPEC_PATH = SHARED / "openai-openapi.yaml"
+
+
+@pytest.mark.skipif(not SPEC_PATH.is_file(), reason=f"no OpenAPI description at {SPEC_PATH}")
+def test_replies_validate_against_openais_schemas(
+    echo_client: openai.OpenAI,
+    client: openai.OpenAI,
+    echo_key: dict[str, Any],
+    echo_gateway: GatewayProcess,
+    audio: dict[str, tuple[Path, float]],
+) -> None:
+    from test_openapi_conformance import assert_conforms
+
+    for which, sdk in (("upstream", echo_client), ("sim", client)):
+        for name in ("wav", "webm"):
+            path, _ = audio[name]
+            body = transcribe(sdk, path, "json")[3]
+            assert_conforms("CreateTranscriptionResponseJson", json.loads(body), f"{which} json")
+            body = transcribe(sdk, path, "verbose_json", timestamp_granularities=["word"])[3]
+            verbose = json.loads(body)
+            assert verbose["words"] and verbose["segments"]
+            assert_conforms("CreateTranscriptionResponseVerboseJson", verbose, f"{which} verbose")
+    for case in ([("model", b"prometheus-echo", None)], [("file", b"RIFF", "a.wav")]):
+        body, content_type = form(*case)
+        _, _, reply = raw_post(echo_gateway, echo_key["key"], body, content_type)
+        assert_conforms("ErrorResponse", reply, "a bad form's error")
+    status, reply = chunked_upload(echo_gateway, echo_key["key"], 26 * MIB)
+    assert status == 413
+    assert_conforms("ErrorResponse", reply, "a file over 25 MB")
+
+
+# -- the npm SDK -----------------------------------------------------------------------
+
+
+def npm_sdk() -> None:
+    """Make sure tests/npm has the openai package (npm ci from its lock file), or skip."""
+    if (NPM_DIR / "node_modules" / "openai" / "package.json").is_file():
+        return
+    npm = shutil.which("npm")
+    if npm is None or shutil.which("node") is None:
+        pytest.skip("node and npm are needed to run the openai npm package")
+    done = subprocess.run(
+        [npm, "ci", "--prefix", str(NPM_DIR), "--no-audit", "--no-fund"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"npm ci could not install the openai package: {done.stderr[-500:]}")
+
+
+def test_the_npm_sdk_gets_every_format(
+    echo_gateway: GatewayProcess, echo_key: dict[str, Any], audio: dict[str, tuple[Path, float]]
+) -> None:
+    npm_sdk()
+    path, seconds = audio["mp3"]
+    done = subprocess.run(
+        [
+            "node",
+            str(NPM_DIR / "transcribe.mjs"),
+            echo_gateway.base_url,
+            echo_key["key"],
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout)
+    segments = upstream_segments(seconds)
+    text = "Alpha bravo charlie delta echo foxtrot."
+    assert got["json"]["body"] == {"text": text, "usage": {"type": "duration", "seconds": 5}}
+    assert got["verbose_json"]["body"]["duration"] == seconds
+    assert [
+        (s["start"], s["end"], s["text"]) for s in got["verbose_json"]["body"]["segments"]
+    ] == segments
+    assert got["text"]["body"] == text + "\n"
+    assert got["srt"]["body"] == srt_of(segments)
+    assert got["vtt"]["body"] == vtt_of(segments)
+    for fmt in FORMATS:
+        want = "application/json" if fmt in ("json", "verbose_json") else TEXT_PLAIN
+        assert got[fmt]["contentType"] == want
+        assert_billed(echo_gateway, got[fmt]["requestId"], seconds, "file")

@@ -33,8 +33,8 @@ TRANSCRIPTIONS_PATH = "/v1/audio/transcriptions"
 MAX_FILE_BYTES = 25 * 1024 * 1024  # OpenAI's limit: 26,214,400 bytes
 MAX_FIELD_BYTES = 64 * 1024  # every field but the file, together
 MAX_FORM_BYTES = MAX_FILE_BYTES + MAX_FIELD_BYTES  # the whole body, boundaries included
-SPOOL_MEMORY_BYTES = 1024 * 1024  # more than this of a file goes to a temp file
-READ_CHUNK = 256 * 1024
+SPOOL_MEMORY_BYTES = 256 * 1024  # more than this of a file goes to a temp file
+READ_CHUNK = 64 * 1024
 
 
 def file_too_large() -> GatewayError:
