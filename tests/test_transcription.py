@@ -26,10 +26,10 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import openai
@@ -46,6 +46,7 @@ from proxy.metering.audio import probe
 PRICE_PER_SECOND = 0.006 / 60  # prometheus-echo: $0.006 per minute, pro rata
 SAMPLE_RATE = 16000
 MIB = 1024 * 1024
+T = TypeVar("T")
 # format: (soundfile format, subtype, seconds): lengths to the millisecond
 MADE = {
     "wav": ("WAV", "PCM_16", 3.217),
@@ -568,6 +569,46 @@ def form(*parts: tuple[str, bytes, str | None]) -> tuple[bytes, str]:
             "response_format",
         ),
         (
+            "streamed",
+            [
+                ("model", b"prometheus-echo", None),
+                ("stream", b"true", None),
+                ("file", b"RIFF", "a.wav"),
+            ],
+            400,
+            "invalid_value",
+            "stream",
+        ),
+        (
+            "temperature not a number",
+            [
+                ("model", b"prometheus-echo", None),
+                ("temperature", b"warm", None),
+                ("file", b"RIFF", "a.wav"),
+            ],
+            400,
+            "invalid_value",
+            "temperature",
+        ),
+        (
+            "two files",
+            [
+                ("model", b"prometheus-echo", None),
+                ("file", b"RIFF", "a.wav"),
+                ("file", b"RIFF", "b.wav"),
+            ],
+            400,
+            "invalid_form",
+            None,
+        ),
+        (
+            "a field not UTF-8",
+            [("model", b"prometheus-\xff", None), ("file", b"RIFF", "a.wav")],
+            400,
+            "invalid_form",
+            None,
+        ),
+        (
             "chat alias",
             [("model", b"prometheus-lite", None), ("file", b"RIFF", "a.wav")],
             400,
@@ -591,7 +632,7 @@ def test_a_bad_form_says_what_is_wrong(
     parts: list[tuple[str, bytes, str | None]],
     status: int,
     code: str,
-    param: str,
+    param: str | None,
 ) -> None:
     before = len(upstream.received("/audio/transcriptions"))
     body, content_type = form(*parts)
@@ -603,12 +644,31 @@ def test_a_bad_form_says_what_is_wrong(
     assert len(upstream.received("/audio/transcriptions")) == before  # nothing went upstream
 
 
-def test_a_json_body_is_a_400(echo_gateway: GatewayProcess, echo_key: dict[str, Any]) -> None:
-    got, _, reply = raw_post(
-        echo_gateway, echo_key["key"], b'{"model": "prometheus-echo"}', "application/json"
-    )
-    assert got == 400
-    assert "multipart/form-data" in reply["error"]["message"]
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        (b'{"model": "prometheus-echo"}', "application/json"),
+        (b"--x\r\nnot a form at all", "multipart/form-data"),  # no boundary
+        (
+            b'--x\r\nContent-Disposition: form-data; name="model"\r\n\r\necho',
+            "multipart/form-data; boundary=x",
+        ),
+    ],
+    ids=["json", "no boundary", "cut short"],
+)
+def test_a_body_that_is_no_form_is_a_400(
+    echo_gateway: GatewayProcess, echo_key: dict[str, Any], body: bytes, content_type: str
+) -> None:
+    got, headers, reply = raw_post(echo_gateway, echo_key["key"], body, content_type)
+    assert got == 400, reply
+    assert reply["error"]["code"] == "invalid_form"
+    assert headers["x-request-id"].startswith("req_")
+
+
+def test_a_batch_insert_stays_under_sqlites_variable_limit() -> None:
+    from proxy.usage.rows import COLUMNS, ROWS_PER_INSERT
+
+    assert len(COLUMNS) * ROWS_PER_INSERT <= 999
 
 
 # -- 25 MB, and memory -------------------------------------------------------------
@@ -617,6 +677,28 @@ def test_a_json_body_is_a_400(echo_gateway: GatewayProcess, echo_key: dict[str, 
 def rss(gw: GatewayProcess) -> int:
     assert gw.proc is not None
     return int(psutil.Process(gw.proc.pid).memory_info().rss)
+
+
+def peak_growth(gw: GatewayProcess, run: Callable[[], T]) -> tuple[T, int]:
+    """`run()`'s result, and how far the gateway's RSS rose above where it was
+    at the start while it ran (sampled every 10 ms)."""
+    baseline = peak = rss(gw)
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, rss(gw))
+            time.sleep(0.01)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        result = run()
+    finally:
+        done.set()
+        sampler.join()
+    return result, max(peak, rss(gw)) - baseline
 
 
 def spooled_files(gw: GatewayProcess) -> list[str]:
@@ -644,16 +726,18 @@ def test_26_mb_with_a_content_length_is_413_before_it_is_read(
     path = tmp_path / "big.wav"
     long_wav(path, 26 * MIB)
     upstream.clear()
-    before = rss(echo_gateway)
-    with pytest.raises(openai.APIStatusError) as caught:
-        transcribe(echo_client, path, "json")
-    grown = rss(echo_gateway) - before
-    err = caught.value
+
+    def refused() -> openai.APIStatusError:
+        with pytest.raises(openai.APIStatusError) as caught:
+            transcribe(echo_client, path, "json")
+        return caught.value
+
+    err, grown = peak_growth(echo_gateway, refused)
     assert err.status_code == 413
     assert err.response.json()["error"]["code"] == "request_too_large"
     assert err.response.headers["x-request-id"].startswith("req_")
     assert upstream.received("/audio/transcriptions") == []
-    print(f"\n26 MB upload with Content-Length: gateway RSS grew {grown / MIB:.2f} MiB")
+    print(f"\n26 MB upload with Content-Length: gateway RSS peak +{grown / MIB:.2f} MiB")
     assert grown < 4 * MIB, f"the gateway's RSS grew {grown / MIB:.1f} MiB"
 
 
@@ -700,14 +784,14 @@ def test_26_mb_without_a_content_length_is_413_while_it_is_read(
 ) -> None:
     chunked_upload(echo_gateway, echo_key["key"], 2 * MIB)  # warm: a spool has been made
     upstream.clear()
-    before = rss(echo_gateway)
-    status, reply = chunked_upload(echo_gateway, echo_key["key"], 26 * MIB)
-    grown = rss(echo_gateway) - before
+    (status, reply), grown = peak_growth(
+        echo_gateway, lambda: chunked_upload(echo_gateway, echo_key["key"], 26 * MIB)
+    )
     assert status == 413, reply
     assert (reply["error"]["code"], reply["error"]["param"]) == ("request_too_large", "file")
     assert upstream.received("/audio/transcriptions") == []
     wait_for(lambda: spooled_files(echo_gateway) == [], message="the spool to be closed")
-    print(f"\n26 MB chunked upload: gateway RSS grew {grown / MIB:.2f} MiB")
+    print(f"\n26 MB chunked upload: gateway RSS peak +{grown / MIB:.2f} MiB")
     assert grown < 4 * MIB, f"the gateway's RSS grew {grown / MIB:.1f} MiB"
 
 
@@ -722,31 +806,20 @@ def test_50_concurrent_10_mb_uploads_keep_memory_bounded(
     seconds = (10 * MIB - 44) // 2 / SAMPLE_RATE
     transcribe(echo_client, path, "json")  # warm
     upstream.clear()
-    baseline = peak = rss(echo_gateway)
-    done = threading.Event()
+    baseline = rss(echo_gateway)
 
-    def sample() -> None:
-        nonlocal peak
-        while not done.is_set():
-            peak = max(peak, rss(echo_gateway))
-            time.sleep(0.01)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    try:
+    def fifty() -> list[tuple[Any, str, str, bytes]]:
         with ThreadPoolExecutor(50) as pool:
-            results = list(pool.map(lambda _: transcribe(echo_client, path, "text"), range(50)))
-    finally:
-        done.set()
-        sampler.join()
+            return list(pool.map(lambda _: transcribe(echo_client, path, "text"), range(50)))
+
+    results, grown = peak_growth(echo_gateway, fifty)
     assert all(r[0] == "Alpha bravo charlie delta echo foxtrot.\n" for r in results)
     assert len(upstream.received("/audio/transcriptions")) == 50
     for _, _, rid, _ in results:
         assert_billed(echo_gateway, rid, seconds, "file")
-    grown = peak - baseline
     print(
         f"\n50 concurrent 10 MB uploads: gateway RSS {baseline / MIB:.1f} MiB before,"
-        f" peak {peak / MIB:.1f} MiB (+{grown / MIB:.1f} MiB) for 500 MiB uploaded"
+        f" peak +{grown / MIB:.1f} MiB for 500 MiB uploaded"
     )
     assert grown < 100 * MIB, f"the gateway's RSS grew {grown / MIB:.1f} MiB"
     wait_for(lambda: spooled_files(echo_gateway) == [], message="every spool to be closed")
