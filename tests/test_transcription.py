@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -702,15 +703,18 @@ def peak_growth(gw: GatewayProcess, run: Callable[[], T]) -> tuple[T, int]:
 
 
 def spooled_files(gw: GatewayProcess) -> list[str]:
-    """The gateway's open upload spools (temp files, unlinked at creation)."""
+    """The gateway's open upload spools: files in the temp folder without a name
+    (made unlinked, O_TMPFILE on Linux: `/tmp/#123 (deleted)`)."""
     assert gw.proc is not None
+    tmp = tempfile.gettempdir().rstrip("/") + "/"
     found = []
     for fd in Path(f"/proc/{gw.proc.pid}/fd").iterdir():
         try:
             target = os.readlink(fd)
         except OSError:
             continue
-        if "prometheus-upload" in target:
+        name = target.removeprefix(tmp)
+        if name != target and "/" not in name and target.endswith(" (deleted)"):
             found.append(target)
     return found
 
@@ -954,3 +958,33 @@ def test_the_npm_sdk_gets_every_format(
         want = "application/json" if fmt in ("json", "verbose_json") else TEXT_PLAIN
         assert got[fmt]["contentType"] == want
         assert_billed(echo_gateway, got[fmt]["requestId"], seconds, "file")
+
+
+def test_a_client_gone_mid_upload_leaves_no_spool(
+    echo_gateway: GatewayProcess, echo_key: dict[str, Any], upstream: Upstream
+) -> None:
+    import socket
+
+    upstream.clear()
+    boundary = "gone-boundary"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\n'
+        f"prometheus-echo\r\n--{boundary}\r\n"
+        'Content-Disposition: form-data; name="file"; filename="gone.wav"\r\n\r\n'
+    ).encode()
+    with socket.create_connection(("127.0.0.1", echo_gateway.port), timeout=30) as sock:
+        sock.sendall(
+            (
+                "POST /v1/audio/transcriptions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                f"Authorization: Bearer {echo_key['key']}\r\n"
+                f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+                "Transfer-Encoding: chunked\r\n\r\n"
+            ).encode()
+        )
+        piece = head + bytes(MIB)
+        for _ in range(3):  # 3 MiB: past the in-memory part, so a temp file holds it
+            sock.sendall(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+            piece = bytes(MIB)
+        wait_for(lambda: spooled_files(echo_gateway), message="the upload to be spooled")
+    wait_for(lambda: spooled_files(echo_gateway) == [], message="the spool to be closed")
+    assert upstream.received("/audio/transcriptions") == []
