@@ -292,6 +292,8 @@ def test_every_format_from_the_upstream(
     # the upstream got the deployment's model, the file whole, and the format it does
     sent = [r for r in upstream.received("/audio/transcriptions") if r["body"]["file"]]
     last = sent[-1]["body"]
+    assert int(sent[-1]["headers"]["Content-Length"]) > path.stat().st_size  # not chunked
+    assert sent[-1]["headers"]["Authorization"] == f"Bearer {UPSTREAM_KEY}"
     fields = dict(last["fields"])
     assert fields["model"] == "whisper-up"
     assert fields["response_format"] == ("json" if fmt in ("json", "text") else "verbose_json")
