@@ -7,6 +7,7 @@ lets the CLI read usage while gateway workers write it.
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 
@@ -46,11 +47,22 @@ CREATE TABLE IF NOT EXISTS requests (
     latency_ms    REAL NOT NULL,
     ttft_ms       REAL,
     usage_source  TEXT NOT NULL,
-    error         TEXT
+    error         TEXT,
+    audio_source  TEXT,
+    cached_tokens    INTEGER NOT NULL DEFAULT 0,
+    reasoning_tokens INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS requests_key_ts ON requests (key_id, ts);
 CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts);
 """
+
+# Columns added after the first release, with their definitions: a database made
+# before them gets them at start (`migrate`), so its rows keep their meaning.
+ADDED_COLUMNS = (
+    ("requests", "audio_source", "TEXT"),
+    ("requests", "cached_tokens", "INTEGER NOT NULL DEFAULT 0"),
+    ("requests", "reasoning_tokens", "INTEGER NOT NULL DEFAULT 0"),
+)
 
 PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL", "PRAGMA busy_timeout=5000")
 
@@ -63,7 +75,25 @@ def connect(path: Path) -> sqlite3.Connection:
         conn.execute(pragma)
     conn.executescript(SCHEMA)
     conn.commit()
+    migrate(conn)
     return conn
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Add the columns an older database lacks (`ADDED_COLUMNS`).
+
+    Under `BEGIN IMMEDIATE`, so that workers starting together add each column
+    once: the second one waits for the first's commit, then finds it there."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for table, column, definition in ADDED_COLUMNS:
+            present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+            if column not in present:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+        conn.commit()
+    except BaseException:
+        conn.rollback()
+        raise
 
 
 async def connect_async(path: Path) -> aiosqlite.Connection:
@@ -74,4 +104,5 @@ async def connect_async(path: Path) -> aiosqlite.Connection:
         await conn.execute(pragma)
     await conn.executescript(SCHEMA)
     await conn.commit()
+    await asyncio.to_thread(lambda: connect(path).close())  # `migrate`, on a thread
     return conn

@@ -18,19 +18,27 @@ Behaviour is chosen by the request, the way a real upstream's would be:
   `__hold_after_3__` streams three content chunks, then sends nothing more
   until the client hangs up (at most `HOLD_MAX_S`): a client that leaves
   mid-stream has certainly been sent exactly three words.
+
+`POST /v1/audio/transcriptions` answers like whisper-1 in json or
+verbose_json (see `Upstream._transcriptions` for its magic words).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
+import io
+import math
+import re
 import struct
 import threading
 import time
 from typing import Any
 
+import mutagen
 import orjson
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 REPLY_WORDS = 12
 CHUNK_PAUSE_S = 0.004
@@ -112,6 +120,7 @@ class Upstream:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/embeddings", self._embeddings)
+        app.router.add_post("/v1/audio/transcriptions", self._transcriptions)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -360,6 +369,127 @@ class Upstream:
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
         return web.Response(body=orjson.dumps(reply), content_type="application/json")
+
+    async def _transcriptions(self, request: web.Request) -> web.Response:
+        """Like OpenAI's whisper-1, answering json or verbose_json only (anything
+        else is a 400: the gateway must make text, srt and vtt itself). Records
+        the form's fields and what the file was (name, type, size, sha256),
+        never holding the file: only its first `TRANSCRIPTION_HEAD` bytes are
+        kept, to read its duration with mutagen. Magic words in `prompt`:
+        `__status_NNN__` answers that status; `__duration_X__` reports X
+        seconds whatever the file is; `__no_duration__` reports none. The model
+        `whisper-broken` reads the whole file, then answers 500."""
+        fields, file_info, head = await _read_transcription_form(request)
+        with self._lock:
+            self.requests.append(
+                {
+                    "path": request.path,
+                    "headers": dict(request.headers),
+                    "body": {"fields": fields, "file": file_info},
+                    "raw": b"",
+                }
+            )
+        form = dict(fields)
+        if form.get("model") == "whisper-broken":  # a deployment that fails after the upload
+            return _error(500, "upstream broke", "server_error", "server_error")
+        magic = form.get("prompt", "")
+        for status in (500, 401, 429, 400):
+            if f"__status_{status}__" in magic:
+                return _error(status, f"upstream says {status}", "audio_error")
+        fmt = form.get("response_format", "json")
+        if fmt not in ("json", "verbose_json"):
+            return _error(400, f"this upstream does not do {fmt}", "unsupported_response_format")
+        duration = _magic_duration(magic)
+        if duration is None:
+            duration = await asyncio.to_thread(_head_duration, head)
+        words = [w.strip() for w in reply_words(6)]
+        text = " ".join(words).capitalize() + "."
+        usage = {"type": "duration", "seconds": math.ceil(duration)}
+        if fmt == "json":
+            reply: dict[str, Any] = {"text": text, "usage": usage}
+        else:
+            cut = [0, 2, 4, 6]
+            segments = [
+                {
+                    "id": i,
+                    "seek": 0,
+                    "start": round(duration * cut[i] / 6, 3),
+                    "end": round(duration * cut[i + 1] / 6, 3),
+                    "text": " " + " ".join(words[cut[i] : cut[i + 1]]),
+                    "tokens": [50364 + i],
+                    "temperature": 0.0,
+                    "avg_logprob": -0.3,
+                    "compression_ratio": 1.1,
+                    "no_speech_prob": 0.02,
+                }
+                for i in range(3)
+            ]
+            reply = {
+                "task": "transcribe",
+                "language": "english",
+                "duration": duration,
+                "text": text,
+                "segments": segments,
+                "usage": usage,
+            }
+            granularities = [v for k, v in fields if k == "timestamp_granularities[]"]
+            if "word" in granularities:
+                reply["words"] = [
+                    {
+                        "word": w,
+                        "start": round(duration * i / 6, 3),
+                        "end": round(duration * (i + 1) / 6, 3),
+                    }
+                    for i, w in enumerate(words)
+                ]
+        if "__no_duration__" in magic:
+            reply.pop("duration", None)
+            reply.pop("usage", None)
+        return web.Response(body=orjson.dumps(reply), content_type="application/json")
+
+
+TRANSCRIPTION_HEAD = 256 * 1024
+
+
+async def _read_transcription_form(
+    request: web.Request,
+) -> tuple[list[tuple[str, str]], dict[str, Any] | None, bytes]:
+    fields: list[tuple[str, str]] = []
+    file_info = None
+    head = bytearray()
+    reader = await request.multipart()
+    while (part := await reader.next()) is not None:
+        assert isinstance(part, BodyPartReader)
+        if part.name != "file":
+            fields.append((str(part.name), await part.text()))
+            continue
+        size, digest = 0, hashlib.sha256()
+        while chunk := await part.read_chunk(256 * 1024):
+            size += len(chunk)
+            digest.update(chunk)
+            if len(head) < TRANSCRIPTION_HEAD:
+                head += chunk[: TRANSCRIPTION_HEAD - len(head)]
+        file_info = {
+            "filename": part.filename,
+            "content_type": part.headers.get("Content-Type"),
+            "size": size,
+            "sha256": digest.hexdigest(),
+        }
+    return fields, file_info, bytes(head)
+
+
+def _magic_duration(prompt: str) -> float | None:
+    found = re.search(r"__duration_([0-9.]+)__", prompt)
+    return float(found.group(1)) if found else None
+
+
+def _head_duration(head: bytes) -> float:
+    """The duration mutagen reads from the file's first bytes (0 where it cannot)."""
+    try:
+        found = mutagen.File(io.BytesIO(head))
+    except Exception:  # noqa: BLE001 - a test upstream: no duration is an answer too
+        return 0.0
+    return float(found.info.length) if found is not None else 0.0
 
 
 async def _until_the_client_leaves(request: web.Request) -> None:

@@ -20,6 +20,7 @@ from proxy.auth.bearer import authenticate
 from proxy.auth.keys import mask_keys
 from proxy.http import errors
 from proxy.http.errors import GatewayError
+from proxy.http.multipart import MAX_FORM_BYTES, TRANSCRIPTIONS_PATH
 from proxy.server.state import STATE, GatewayState
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -64,6 +65,8 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
     try:
         if request.path.startswith("/v1/"):
             limit = state.config.max_body_bytes
+            if request.path == TRANSCRIPTIONS_PATH:  # a multipart upload has its own bound
+                limit = MAX_FORM_BYTES
             if request.content_length is not None and request.content_length > limit:
                 raise errors.body_too_large(limit)
             await authenticate(request, state.keys)

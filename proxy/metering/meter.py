@@ -15,7 +15,9 @@ Billed tokens are the upstream's report (`reply.usage`) or, where it sent
 none (or a report with counts that cannot be right), a local tiktoken count of
 the prompt and of `reply.text()`; `usage_source` says which. A client that
 left before any upstream answered is billed nothing: the upstream may never
-have seen the prompt. The record
+have seen the prompt. An audio endpoint (`audio=True`) bills the seconds its
+handler gives `bill_audio` instead of tokens, and `audio_source` says where
+they were read (`file`, `upstream`, or `none` when nothing was billed). The record
 goes to the process's `UsageWriter` and is left on the request for the log
 line that `proxy.http.middleware` writes.
 """
@@ -55,6 +57,9 @@ class Meter:
         "reply",
         "record",
         "_overhead",
+        "_audio",
+        "audio_seconds",
+        "audio_source",
     )
 
     def __init__(
@@ -65,6 +70,8 @@ class Meter:
         endpoint: str,
         stream: bool,
         count_locally: LocalCount,
+        *,
+        audio: bool = False,
     ) -> None:
         self._writer = writer
         self._request = request
@@ -75,7 +82,16 @@ class Meter:
         self.deployment: Deployment | None = None
         self.reply: Reply | None = None
         self.record: dict[str, Any] | None = None
+        # audio endpoints bill seconds, not tokens: `bill_audio` sets them
+        self._audio = audio
+        self.audio_seconds = 0.0
+        self.audio_source: str | None = "none" if audio else None
         self._overhead = False  # the gateway's own cost (a hedge's loser), not the key's
+
+    def bill_audio(self, seconds: float, source: str) -> None:
+        """Seconds of source audio to bill, and where they were read (file | upstream)."""
+        self.audio_seconds = seconds
+        self.audio_source = source
 
     def for_overhead(self) -> Meter:
         """A meter for work the gateway did on its own account for this request (the
@@ -109,6 +125,8 @@ class Meter:
         if exc is None:
             await self.settle()
         elif isinstance(exc, GatewayError):
+            if self._audio:  # the upstream failed: no audio was transcribed
+                self.bill_audio(0.0, "none")
             self._write(exc.status, None, "none", exc.code)
         elif isinstance(exc, (asyncio.CancelledError, ConnectionResetError)):
             await self.settle(CLIENT_GONE, "client_disconnected")
@@ -122,7 +140,7 @@ class Meter:
         if self.record is not None:
             return
         reply = self.reply
-        if reply is None:  # no upstream answered: nothing was processed to bill
+        if reply is None or self._audio:  # no upstream answered, or no tokens to count
             self._write(status, None, "none", error)
             return
         if reply.usage is not None:
@@ -159,8 +177,9 @@ class Meter:
             "output_tokens": output_tokens,
             "cached_tokens": usage.cached_tokens,
             "reasoning_tokens": usage.reasoning_tokens,
-            "audio_seconds": 0.0,
-            "cost_usd": self._route.price.cost(input_tokens, output_tokens, 0.0),
+            "audio_seconds": self.audio_seconds,
+            "audio_source": self.audio_source,
+            "cost_usd": self._route.price.cost(input_tokens, output_tokens, self.audio_seconds),
             "latency_ms": round((time.perf_counter() - request["t0"]) * 1000.0, 3),
             "ttft_ms": ttft_ms,
             "usage_source": source,

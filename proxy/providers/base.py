@@ -10,8 +10,11 @@ in OpenAI's shape with the alias as `model`), `first_content_at` (TTFT),
 local counting when it did not) and `close()`. How the bytes got that shape is
 the provider's business: handlers never see a wire format.
 
-Adding an operation (transcription, say) adds a request type and a method;
-the `Reply` stays as it is.
+Adding an operation adds a request type and a method; the `Reply` stays as
+it is. Transcription did so: `TranscriptionRequest` (the upload is read from
+its spool, never whole) and `transcription()`, whose reply is a
+`TranscriptionReply` (a `Reply` that may also know the upstream's
+`audio_seconds`).
 """
 
 from __future__ import annotations
@@ -123,3 +126,45 @@ class Provider(Protocol):
     async def embeddings(self, deployment: Deployment, request: EmbeddingsRequest) -> Reply: ...
 
     async def close(self) -> None: ...
+
+    async def transcription(
+        self, deployment: Deployment, request: TranscriptionRequest
+    ) -> Reply: ...
+
+
+class AudioUpload(Protocol):
+    """The uploaded audio file as providers read it (`proxy.http.multipart.Upload`)."""
+
+    filename: str
+    content_type: str
+    size: int
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        """The file from its first byte, piece by piece (each call starts over)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class TranscriptionRequest:
+    """POST /v1/audio/transcriptions, validated.
+
+    `fields` are the form's other fields in the client's order (`model`
+    left out: providers put the deployment's own); `upstream_format` is what
+    the provider asks the upstream for (`json` or `verbose_json`, see
+    `proxy.api.transcript_formats`); `file_seconds` is the duration read from
+    the file itself, None where its container does not say.
+    """
+
+    alias: str
+    fields: tuple[tuple[str, str], ...]
+    upload: AudioUpload
+    response_format: str
+    upstream_format: str
+    file_seconds: float | None
+
+
+class TranscriptionReply(Reply):
+    """A transcription: `body()` is OpenAI's json or verbose_json object, and
+    `audio_seconds` the duration the upstream reported (None if it did not)."""
+
+    audio_seconds: float | None = None

@@ -17,7 +17,7 @@ from aiohttp import web
 from proxy import storage
 from proxy.admin import api as admin
 from proxy.admin import health as admin_health
-from proxy.api import chat, embeddings, health, models
+from proxy.api import audio, chat, embeddings, health, models
 from proxy.auth.key_table import KeyTable
 from proxy.config.model import GatewayConfig
 from proxy.http.middleware import gateway_middleware
@@ -33,6 +33,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", health.healthz)
     app.router.add_post("/v1/chat/completions", chat.chat_completions)
     app.router.add_post("/v1/embeddings", embeddings.create_embeddings)
+    app.router.add_post("/v1/audio/transcriptions", audio.create_transcription)
     app.router.add_get("/v1/models", models.list_models)
     app.router.add_get("/v1/models/{model_id}", models.get_model)
     app.router.add_post("/admin/keys", admin.create_key)

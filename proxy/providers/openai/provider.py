@@ -30,6 +30,7 @@ from proxy.providers.base import (
     EmbeddingsRequest,
     FailedReply,
     Reply,
+    TranscriptionRequest,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
@@ -41,6 +42,7 @@ from proxy.providers.openai.replies import (
     SseChatReply,
     read_all,
 )
+from proxy.providers.openai.transcription import post_transcription
 
 MAX_CONNECTIONS = 1024  # upstream connections per process, all deployments together
 ERROR_BODY_LIMIT = 1 * MIB  # an error answer is read up to this, no further
@@ -154,6 +156,14 @@ class OpenAIProvider:
         if not 200 <= resp.status < 300:
             return await self._failed(resp, deployment)
         return EmbeddingsReply(resp, request.alias, deployment)
+
+    async def transcription(self, deployment: Deployment, request: TranscriptionRequest) -> Reply:
+        prep = self._prepare(deployment)
+        url = prep.url("audio/transcriptions")
+        session = self._get_session()
+        return await post_transcription(
+            session, url, prep.timeout, deployment, request, self._failed
+        )
 
     async def close(self) -> None:
         if self._session is not None:

@@ -3,7 +3,8 @@
 The engine writes the alias as `model` and emits the usage chunk only when the
 client asked for it, so nothing is parsed or rewritten on the way; usage,
 text so far and the first-content moment come from the engine's plan.
-`deployment.ttft_ms` and `tokens_per_second` set its pace.
+`deployment.ttft_ms` and `tokens_per_second` set its pace. Transcriptions come
+from `proxy.providers.sim.transcription`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,15 @@ import orjson
 
 from proxy.config.model import Deployment
 from proxy.http.errors import GatewayError
-from proxy.providers.base import ChatRequest, EmbeddingsRequest, FailedReply, Reply, Usage
+from proxy.providers.base import (
+    ChatRequest,
+    EmbeddingsRequest,
+    FailedReply,
+    Reply,
+    TranscriptionReply,
+    TranscriptionRequest,
+    Usage,
+)
 from proxy.providers.sim.embeddings import embed
 from proxy.providers.sim.engine import (
     ChatPlan,
@@ -24,6 +33,7 @@ from proxy.providers.sim.engine import (
     chat_stream,
     validate_chat,
 )
+from proxy.providers.sim.transcription import reply_object
 
 
 def _refused(err: SimError) -> FailedReply:
@@ -65,6 +75,15 @@ class SimStreamReply(Reply):
             asyncio.ensure_future(aclose())
 
 
+class SimTranscriptionReply(TranscriptionReply):
+    def __init__(self, payload: bytes, seconds: float) -> None:
+        self._payload = payload
+        self.audio_seconds = seconds
+
+    async def body(self) -> bytes:
+        return self._payload
+
+
 class SimProvider:
     async def chat(self, deployment: Deployment, request: ChatRequest) -> Reply:
         try:
@@ -98,6 +117,12 @@ class SimProvider:
         except SimError as err:
             return _refused(err)
         return SimBodyReply(payload, Usage(tokens, 0))
+
+    async def transcription(self, deployment: Deployment, request: TranscriptionRequest) -> Reply:
+        if deployment.ttft_ms > 0:
+            await asyncio.sleep(deployment.ttft_ms / 1000.0)
+        data, seconds = reply_object(request)
+        return SimTranscriptionReply(orjson.dumps(data), seconds)
 
     async def close(self) -> None:
         return None
