@@ -4,16 +4,21 @@ Used by the chat handler for `stream: true`, whatever the provider: each
 piece the reply yields (already in OpenAI's chunk shape) is written as it
 comes. The meter settles before the last bytes go out; an upstream that
 breaks off mid-stream gets the client an OpenAI-shaped error event and a 502
-record.
+record, and so does a stream the shutdown ended (`proxy.server.runner`: its
+grace is over), with a 503 `server_shutting_down` record.
 """
 
 from __future__ import annotations
 
+import asyncio
+
 import orjson
 from aiohttp import web
 
-from proxy.metering.meter import Meter
+from proxy.http import errors
+from proxy.metering.meter import SHUTTING_DOWN, Meter
 from proxy.providers.base import Reply, UpstreamTimeout, UpstreamUnavailable
+from proxy.server.state import ENDED_BY_SHUTDOWN
 
 SSE_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
@@ -58,6 +63,20 @@ async def relay_stream(
         )
         try:
             await resp.write(b"data: " + message + b"\n\n")
+            await resp.write_eof()
+        except ConnectionResetError:
+            pass
+        return
+    except asyncio.CancelledError:
+        if not request.get(ENDED_BY_SHUTDOWN):
+            raise  # the client left
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()  # answered below, not cancelled
+        reply.close()
+        await meter.settle(SHUTTING_DOWN, "server_shutting_down")
+        try:
+            await resp.write(b"data: " + orjson.dumps(errors.shutting_down().body()) + b"\n\n")
             await resp.write_eof()
         except ConnectionResetError:
             pass
