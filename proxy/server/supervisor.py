@@ -34,6 +34,7 @@ Process = multiprocessing.process.BaseProcess
 
 RESTART_PAUSE_S = 1.0  # a worker that dies within this of its start is replaced after it
 STOP_MARGIN_S = 15.0  # beyond the workers' drain and settling, before they are killed
+REAP_S = 5.0  # from a worker's sentinel closing to its exit status, at most
 
 
 def _worker_entry(run_worker: WorkerMain, config: GatewayConfig, inherited: list[int]) -> None:
@@ -78,15 +79,17 @@ class Supervisor:
         self._log.info("worker_started", pid=proc.pid)
         return proc
 
-    def _sleep(self, seconds: float | None, watch_workers: bool = True) -> None:
-        """Wait for a stop signal, a worker's end (if `watch_workers`), or `seconds`."""
-        ends = [p.sentinel for p in self.workers if p.exitcode is None] if watch_workers else []
-        multiprocessing.connection.wait([self._wake_r, *ends], timeout=seconds)
+    def _sleep(self, seconds: float | None, watch_workers: bool = True) -> list[object]:
+        """Wait for a stop signal, a worker's end (if `watch_workers`), or `seconds`;
+        the sentinels of the workers that ended."""
+        ends = [p.sentinel for p in self.workers] if watch_workers else []
+        ready = multiprocessing.connection.wait([self._wake_r, *ends], timeout=seconds)
         try:
             while os.read(self._wake_r, 512):
                 pass
         except BlockingIOError:  # emptied
             pass
+        return list(ready)
 
     def run(self) -> int:
         for sig in STOP_SIGNALS:
@@ -95,14 +98,17 @@ class Supervisor:
             self._spawn()
         code = 0
         while not self._stopping:
-            self._sleep(None)
-            code = self._replace_dead()
+            code = self._replace_dead(self._sleep(None))
         return self._stop_all() or code
 
-    def _replace_dead(self) -> int:
+    def _replace_dead(self, ended: list[object]) -> int:
         for proc in list(self.workers):
             if self._stopping:
                 break
+            if proc.sentinel in ended:
+                # its sentinel closes a moment before it can be reaped: wait for that,
+                # or its exit code is not known yet and its end would go unnoticed
+                proc.join(REAP_S)
             if proc.exitcode is None:
                 continue
             self.workers.remove(proc)
