@@ -1,9 +1,10 @@
 """Stopping the gateway: SIGTERM drains, a busy port fails fast, no worker is orphaned.
 
-- SIGTERM gives streams in flight `[server] drain_s` to finish. Streams still
-  running then get an OpenAI-shaped error event (not a cut connection), and
-  every one of them has exactly one usage row in SQLite once the process has
-  exited, billed for what was streamed. The gateways here start fresh, so no
+- SIGTERM gives requests in flight `[server] drain_s` to finish. Streams still
+  running then get an OpenAI-shaped error event (not a cut connection), and a
+  request still waiting for its upstream a 503 in OpenAI's shape; every one
+  of them has exactly one usage row in SQLite once the process has exited,
+  streams billed for what was streamed. The gateways here start fresh, so no
   tokenizer is loaded when those streams are billed: the records wait for it.
 - Streams that finish within the grace complete normally.
 - `--workers N` on a port in use exits non-zero at once, naming the port.
@@ -105,6 +106,43 @@ def _start_streams(gw: GatewayProcess, key: str, magic: str, n: int) -> list[Str
     return streams
 
 
+@dataclass
+class PlainClient:
+    """One non-stream chat request in its own thread."""
+
+    port: int
+    key: str
+    magic: str
+    status: int | None = None
+    body: Any = None
+    request_id: str | None = None
+    failure: BaseException | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def start(self) -> PlainClient:
+        threading.Thread(target=self._run, daemon=True).start()
+        return self
+
+    def _run(self) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        body = {"model": "prometheus-lite", "messages": [{"role": "user", "content": self.magic}]}
+        try:
+            conn.request(
+                "POST",
+                "/v1/chat/completions",
+                json.dumps(body),
+                {"Authorization": f"Bearer {self.key}", "Content-Type": "application/json"},
+            )
+            resp = conn.getresponse()
+            self.status, self.request_id = resp.status, resp.headers["x-request-id"]
+            self.body = json.loads(resp.read())
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            self.failure = exc
+        finally:
+            conn.close()
+            self.done.set()
+
+
 def _sigterm_and_wait(gw: GatewayProcess) -> int:
     assert gw.proc is not None
     gw.proc.send_signal(signal.SIGTERM)
@@ -129,6 +167,13 @@ def test_sigterm_ends_streams_past_the_grace_with_an_error_event_and_bills_them(
     gw = GatewayProcess(tmp_path, _config(upstream, drain_s), workers=workers).start()
     try:
         key = gw.create_key("drained")["key"]
+        # the upstream answers these only once released (never, here)
+        waiting_for = f"__hold_until_released__ {tmp_path.name}"
+        plain = [PlainClient(gw.port, key, waiting_for).start() for _ in range(2)]
+        wait_for(
+            lambda: len([r for r in upstream.received() if _asked(r, waiting_for)]) == 2,
+            message="both non-stream requests at the upstream",
+        )
         # the upstream sends three words, then nothing until the gateway hangs up
         streams = _start_streams(gw, key, "__hold_after_3__", STREAMS)
         signalled = time.monotonic()
@@ -144,12 +189,23 @@ def test_sigterm_ends_streams_past_the_grace_with_an_error_event_and_bills_them(
         assert set(last["error"]) == {"message", "type", "param", "code"}
         assert s.contents == 3
         assert s.ended_at is not None and s.ended_at - signalled >= drain_s  # the grace held
-    rows = _rows(gw, [str(s.request_id) for s in streams])
+    for p in plain:
+        assert p.done.wait(10) and p.failure is None, repr(p.failure)
+        assert p.status == 503, p.body
+        assert set(p.body["error"]) == {"message", "type", "param", "code"}
+        assert p.body["error"]["code"] == "server_shutting_down"
+    rows = _rows(gw, [str(c.request_id) for c in [*streams, *plain]])
     for request_id, found in rows.items():
         assert len(found) == 1, (request_id, found)
-        _, status, output_tokens, source, error = found[0]
+        _, status, _, _, error = found[0]
         assert (status, error) == (503, "server_shutting_down")
+    for s in streams:
+        _, _, output_tokens, source, _ = rows[str(s.request_id)][0]
         assert output_tokens > 0 and source == "local"  # what was streamed, counted here
+
+
+def _asked(received: dict[str, Any], text: str) -> bool:
+    return any(m.get("content") == text for m in received["body"].get("messages") or ())
 
 
 def test_sigterm_lets_streams_that_finish_within_the_grace_complete(
@@ -158,6 +214,12 @@ def test_sigterm_lets_streams_that_finish_within_the_grace_complete(
     gw = GatewayProcess(tmp_path, _config(upstream, 30)).start()
     try:
         key = gw.create_key("graceful")["key"]
+        waiting_for = f"__hold_until_released__ {tmp_path.name}"
+        plain = PlainClient(gw.port, key, waiting_for).start()
+        wait_for(
+            lambda: any(_asked(r, waiting_for) for r in upstream.received()),
+            message="the non-stream request at the upstream",
+        )
         streams = _start_streams(gw, key, "__hold_until_released__", 5)
         assert gw.proc is not None
         gw.proc.send_signal(signal.SIGTERM)
@@ -165,7 +227,7 @@ def test_sigterm_lets_streams_that_finish_within_the_grace_complete(
             lambda: [ln for ln in gw.log_lines() if ln.get("event") == "shutdown"],
             message="the gateway's shutdown log line",
         )
-        assert shutdown[0]["in_flight"] == 5  # the streams were mid-way at the signal
+        assert shutdown[0]["in_flight"] == 6  # all were mid-way at the signal
         upstream.release_held()
         assert gw.proc.wait(EXIT_S) == 0
     finally:
@@ -175,7 +237,9 @@ def test_sigterm_lets_streams_that_finish_within_the_grace_complete(
         assert s.failure is None, repr(s.failure)
         assert s.events[-1] == "[DONE]"
         assert not any(isinstance(e, dict) and "error" in e for e in s.events)
-    rows = _rows(gw, [str(s.request_id) for s in streams])
+    assert plain.done.wait(10) and plain.failure is None, repr(plain.failure)
+    assert plain.status == 200 and plain.body["choices"][0]["message"]["content"], plain.body
+    rows = _rows(gw, [str(c.request_id) for c in [*streams, plain]])
     for request_id, found in rows.items():
         assert len(found) == 1, (request_id, found)
         assert found[0][1] == 200 and found[0][4] is None

@@ -20,7 +20,8 @@ Behaviour is chosen by the request, the way a real upstream's would be:
   mid-stream has certainly been sent exactly three words;
   `__hold_until_released__` streams three content chunks, then waits until the
   test calls `Upstream.release_held()` (or the client leaves, or `HOLD_MAX_S`
-  pass), then streams the rest.
+  pass), then streams the rest; a non-stream reply waits likewise before it
+  is sent.
 """
 
 from __future__ import annotations
@@ -163,6 +164,8 @@ class Upstream:
                 headers = {"Retry-After": "7"} if status == 429 else None
                 kind = "server_error" if status == 500 else "invalid_request_error"
                 return _error(status, f"upstream says {status}", code, kind, headers)
+        if "__hold_until_released__" in magic and not body.get("stream"):
+            await self._until_released(request)
         n = REPLY_WORDS
         if isinstance(body.get("max_tokens"), int):
             n = min(n, body["max_tokens"])
