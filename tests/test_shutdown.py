@@ -6,7 +6,9 @@
   of them has exactly one usage row in SQLite once the process has exited,
   streams billed for what was streamed. The gateways here start fresh, so no
   tokenizer is loaded when those streams are billed: the records wait for it.
-- Streams that finish within the grace complete normally.
+- Streams that finish within the grace complete normally. During the drain,
+  idle keep-alive connections are closed at once, and a request whose body
+  was still arriving at the signal is read to its end and answered.
 - `--workers N` on a port in use exits non-zero at once, naming the port.
 - A SIGTERM that reaches the supervisor while it replaces a killed worker
   leaves no worker process alive.
@@ -143,6 +145,13 @@ class PlainClient:
             self.done.set()
 
 
+def _shutdown_logged(gw: GatewayProcess) -> list[dict[str, Any]]:
+    return wait_for(
+        lambda: [ln for ln in gw.log_lines() if ln.get("event") == "shutdown"],
+        message="the gateway's shutdown log line",
+    )
+
+
 def _sigterm_and_wait(gw: GatewayProcess) -> int:
     assert gw.proc is not None
     gw.proc.send_signal(signal.SIGTERM)
@@ -223,11 +232,7 @@ def test_sigterm_lets_streams_that_finish_within_the_grace_complete(
         streams = _start_streams(gw, key, "__hold_until_released__", 5)
         assert gw.proc is not None
         gw.proc.send_signal(signal.SIGTERM)
-        shutdown = wait_for(
-            lambda: [ln for ln in gw.log_lines() if ln.get("event") == "shutdown"],
-            message="the gateway's shutdown log line",
-        )
-        assert shutdown[0]["in_flight"] == 6  # all were mid-way at the signal
+        assert _shutdown_logged(gw)[0]["in_flight"] == 6  # all were mid-way at the signal
         upstream.release_held()
         assert gw.proc.wait(EXIT_S) == 0
     finally:
@@ -243,6 +248,43 @@ def test_sigterm_lets_streams_that_finish_within_the_grace_complete(
     for request_id, found in rows.items():
         assert len(found) == 1, (request_id, found)
         assert found[0][1] == 200 and found[0][4] is None
+
+
+def test_drain_closes_idle_connections_and_reads_bodies_still_arriving(
+    upstream: Upstream, tmp_path: Path
+) -> None:
+    gw = GatewayProcess(tmp_path, _config(upstream, 30)).start()
+    try:
+        key = gw.create_key("draining")["key"]
+        held = _start_streams(gw, key, "__hold_until_released__", 1)  # keeps the drain going
+        idle = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+        idle.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert idle.recv(65536).startswith(b"HTTP/1.1 200")  # now idle, kept alive
+        body = json.dumps(
+            {"model": "prometheus-pulse", "messages": [{"role": "user", "content": "hi"}]}
+        ).encode()
+        upload = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+        upload.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+            + f"Authorization: Bearer {key}\r\nContent-Type: application/json\r\n".encode()
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body[:10]
+        )
+        assert gw.proc is not None
+        gw.proc.send_signal(signal.SIGTERM)
+        _shutdown_logged(gw)
+        assert idle.recv(65536) == b"", "an idle connection stayed open during the drain"
+        upload.sendall(body[10:])
+        answer = b""
+        while chunk := upload.recv(65536):
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+        assert b'"choices"' in answer
+        upstream.release_held()
+        assert gw.proc.wait(EXIT_S) == 0
+        assert held[0].done.wait(10) and held[0].events[-1] == "[DONE]"
+    finally:
+        gw.stop()
 
 
 @pytest.mark.parametrize("workers", [1, 2])

@@ -138,6 +138,16 @@ class GatewayRequestHandler(web.RequestHandler):
                 continue
             i += 1
 
+    def take_no_more_requests(self) -> None:
+        """At shutdown: close the connection now if it waits for a request; if it is
+        handling one whose body has fully arrived, close it after that response.
+        (One whose body is still arriving is left alone: closing would stop reading
+        the body too; the drain asks again a moment later.)"""
+        if self._waiter is not None and not self._waiter.done():
+            self.force_close()
+        elif (current := self._current_request) is not None and current.content.is_eof():
+            self.close()
+
     def handle_error(
         self,
         request: web.BaseRequest,

@@ -4,14 +4,14 @@
 `AppRunner` whose server (`GatewayServer`) makes a
 `proxy.server.protocol.GatewayRequestHandler` per connection and keeps the
 requests in flight (their handler tasks). On SIGTERM, `GatewayServer.drain`
-stops new requests on open connections, lets those in flight finish for the
-configured grace, then ends the rest: each is marked `ENDED_BY_SHUTDOWN` and
-cancelled once. The stream relay (`proxy.api.streaming`) answers such a
-cancellation with an error event, the meter (`proxy.metering.meter`) bills it
-as a shutdown, and the middleware answers a request that had sent nothing yet
-with a 503. The drain then waits for them to settle (a local token count may
-first have to load its tokenizer) before the app's cleanup flushes the usage
-records to SQLite.
+closes idle keep-alive connections and takes no new request on the others,
+lets those in flight finish for the configured grace, then ends the rest:
+each is marked `ENDED_BY_SHUTDOWN` and cancelled once. The stream relay
+(`proxy.api.streaming`) answers such a cancellation with an error event, the
+meter (`proxy.metering.meter`) bills it as a shutdown, and the middleware
+answers a request that had sent nothing yet with a 503. The drain then waits
+for them to settle (a local token count may first have to load its
+tokenizer) before the app's cleanup flushes the usage records to SQLite.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ from proxy.server.state import ENDED_BY_SHUTDOWN
 
 SETTLE_S = 30.0
 """How long ended requests may take to bill and answer (tokenizer load included)."""
+SWEEP_S = 0.1
+"""While draining: how often connections that finished a request are closed."""
 
 AppHandler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
@@ -55,7 +57,6 @@ class GatewayServer(web.Server):
         """Let the requests in flight finish within `grace_s`, then end the others and
         wait (up to `SETTLE_S`) until they are answered and billed. Returns how many
         had to be ended."""
-        self.pre_shutdown()  # no new request on open connections; idle ones close
         loop = asyncio.get_running_loop()
         await self._wait_in_flight(loop.time() + grace_s)
         ended = 0
@@ -71,11 +72,14 @@ class GatewayServer(web.Server):
 
     async def _wait_in_flight(self, deadline: float) -> None:
         loop = asyncio.get_running_loop()
-        while self.in_flight:  # requests parsed before the drain may still start
+        while True:
+            for conn in self.connections:
+                if isinstance(conn, GatewayRequestHandler):
+                    conn.take_no_more_requests()
             left = deadline - loop.time()
-            if left <= 0:
+            if not self.in_flight or left <= 0:
                 return
-            await asyncio.wait(list(self.in_flight), timeout=left)
+            await asyncio.wait(list(self.in_flight), timeout=min(left, SWEEP_S))
 
 
 class GatewayAppRunner(web.AppRunner):
