@@ -17,7 +17,11 @@ Behaviour is chosen by the request, the way a real upstream's would be:
   `__no_usage__` never sends usage (neither in JSON nor in the stream);
   `__hold_after_3__` streams three content chunks, then sends nothing more
   until the client hangs up (at most `HOLD_MAX_S`): a client that leaves
-  mid-stream has certainly been sent exactly three words.
+  mid-stream has certainly been sent exactly three words;
+  `__hold_until_released__` streams three content chunks, then waits until the
+  test calls `Upstream.release_held()` (or the client leaves, or `HOLD_MAX_S`
+  pass), then streams the rest; a non-stream reply waits likewise before it
+  is sent.
 
 `POST /v1/audio/transcriptions` answers like whisper-1 in json or
 verbose_json (see `Upstream._transcriptions` for its magic words).
@@ -92,6 +96,7 @@ class Upstream:
         self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._released: asyncio.Event | None = None  # holds of __hold_until_released__
 
     @property
     def base_url(self) -> str:
@@ -168,6 +173,8 @@ class Upstream:
                 headers = {"Retry-After": "7"} if status == 429 else None
                 kind = "server_error" if status == 500 else "invalid_request_error"
                 return _error(status, f"upstream says {status}", code, kind, headers)
+        if "__hold_until_released__" in magic and not body.get("stream"):
+            await self._until_released(request)
         n = REPLY_WORDS
         if isinstance(body.get("max_tokens"), int):
             n = min(n, body["max_tokens"])
@@ -319,6 +326,8 @@ class Upstream:
                         return resp
                     if "__hold_after_3__" in magic and i == 3:
                         await _until_the_client_leaves(request)  # then the write fails
+                    if "__hold_until_released__" in magic and i == 3:
+                        await self._until_released(request)
                     await resp.write(
                         event(
                             [
@@ -369,6 +378,31 @@ class Upstream:
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
         }
         return web.Response(body=orjson.dumps(reply), content_type="application/json")
+
+    # -- __hold_until_released__ ---------------------------------------------
+    def release_held(self) -> None:
+        """Let every stream held by `__hold_until_released__` go on (from any thread)."""
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._release)
+
+    def _release(self) -> None:
+        if self._released is not None:
+            self._released.set()
+        self._released = None  # streams held from now on wait for the next release
+
+    async def _until_released(self, request: web.Request) -> None:
+        if self._released is None:
+            self._released = asyncio.Event()
+        released = self._released
+        deadline = time.monotonic() + HOLD_MAX_S
+        while not released.is_set() and time.monotonic() < deadline:
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                return
+            try:
+                await asyncio.wait_for(released.wait(), 0.05)
+            except TimeoutError:
+                continue
 
     async def _transcriptions(self, request: web.Request) -> web.Response:
         """Like OpenAI's whisper-1, answering json or verbose_json only (anything

@@ -5,17 +5,22 @@ piece the reply yields (already in OpenAI's chunk shape) is written as it
 comes. The meter settles before the last bytes go out. Once the response has
 begun, no failure may start a second one: an upstream that breaks off, or
 anything unexpected, ends the stream with an OpenAI-shaped error event, the
-upstream closed and the meter's record written (502, or 500 for a bug).
+upstream closed and the meter's record written (502, or 500 for a bug), and so
+does a stream the shutdown ended (`proxy.server.runner`: its grace is over),
+with a 503 `server_shutting_down` record.
 """
 
 from __future__ import annotations
 
+import asyncio
+
 import orjson
 from aiohttp import web
 
-from proxy.metering.meter import Meter
+from proxy.http import errors
+from proxy.metering.meter import SHUTTING_DOWN, Meter
 from proxy.providers.base import Reply, UpstreamBadReply, UpstreamTimeout, UpstreamUnavailable
-from proxy.server.state import STATE
+from proxy.server.state import ENDED_BY_SHUTDOWN, STATE
 
 SSE_HEADERS = {
     "Content-Type": "text/event-stream; charset=utf-8",
@@ -77,6 +82,18 @@ async def relay_stream(
         await meter.settle(500, "internal_error")
         message = "The gateway failed while streaming the reply."
         await _end_with_error(resp, error_event(message, "internal_error"))
+        return
+    except asyncio.CancelledError:
+        if not request.get(ENDED_BY_SHUTDOWN):
+            raise  # the client left
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()  # answered below, not cancelled
+        reply.close()
+        await meter.settle(SHUTTING_DOWN, "server_shutting_down")
+        await _end_with_error(
+            resp, b"data: " + orjson.dumps(errors.shutting_down().body()) + b"\n\n"
+        )
         return
     await _settle_ended(meter, reply)
     await resp.write_eof()

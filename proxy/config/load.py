@@ -174,6 +174,7 @@ def load_config(path: str | None = None, env: dict[str, str] | None = None) -> G
         max_body_bytes=int(
             float(server.get("max_body_mb", catalogue.DEFAULT_MAX_BODY_MB)) * 1024 * 1024
         ),
+        drain_s=max(0.0, float(server.get("drain_s", 30.0))),
         db_path=db_path.resolve(),
         routes=routes,
         source=str(cfg_path) if cfg_path else "built-in defaults",

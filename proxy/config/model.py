@@ -67,6 +67,7 @@ class GatewayConfig:
     port: int = catalogue.DEFAULT_PORT
     workers: int = 1
     max_body_bytes: int = int(catalogue.DEFAULT_MAX_BODY_MB * 1024 * 1024)
+    drain_s: float = 30.0  # on SIGTERM, how long requests in flight may take to finish
     db_path: Path = Path(catalogue.DEFAULT_DB_PATH)
     routes: dict[str, AliasRoute] = field(default_factory=dict)
     source: str = "built-in defaults"

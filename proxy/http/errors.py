@@ -238,3 +238,12 @@ def internal_error() -> GatewayError:
     return GatewayError(
         500, "The gateway failed to handle the request.", type="api_error", code="internal_error"
     )
+
+
+def shutting_down() -> GatewayError:
+    return GatewayError(
+        503,
+        "The gateway is shutting down and ended this request; send it again.",
+        type="api_error",
+        code="server_shutting_down",
+    )

@@ -21,7 +21,7 @@ from proxy.auth.keys import mask_keys
 from proxy.http import errors
 from proxy.http.errors import GatewayError
 from proxy.http.multipart import MAX_FORM_BYTES, TRANSCRIPTIONS_PATH
-from proxy.server.state import STATE, GatewayState
+from proxy.server.state import ENDED_BY_SHUTDOWN, STATE, GatewayState
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -71,10 +71,17 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
                 raise errors.body_too_large(limit)
             await authenticate(request, state.keys)
         response = await handler(request)
-    except asyncio.CancelledError:  # the client left (handler cancellation): log it all the same
-        request["error"] = request.get("error") or "client_disconnected"
-        log_request(state, request, 499)
-        raise
+    except asyncio.CancelledError:
+        if not (request.get(ENDED_BY_SHUTDOWN) and request.writer.output_size == 0):
+            # the client left (handler cancellation): log it all the same
+            request["error"] = request.get("error") or "client_disconnected"
+            log_request(state, request, 499)
+            raise
+        # the shutdown's grace ran out before an answer began: say so
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+        response = _error_response(request, errors.shutting_down())
     except GatewayError as refusal:
         response = _error_response(request, refusal)
     except web.HTTPException as exc:

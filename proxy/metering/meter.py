@@ -9,6 +9,9 @@ business, in `__aexit__`:
   and code, no tokens;
 - the client gone (`CancelledError` from handler cancellation, or
   `ConnectionResetError` on a write): 499, and what was produced is billed;
+- the shutdown's grace over (`CancelledError` on a request marked
+  `ENDED_BY_SHUTDOWN` by `proxy.server.runner`): 503 and error
+  `server_shutting_down`, and what was produced is billed;
 - anything else (a bug): 500, and what was produced is billed.
 
 Billed tokens are the upstream's report (`reply.usage`) or, where it sent
@@ -35,9 +38,11 @@ from aiohttp import web
 from proxy.config.model import AliasRoute, Deployment
 from proxy.http.errors import GatewayError
 from proxy.providers.base import Reply, Usage
+from proxy.server.state import ENDED_BY_SHUTDOWN
 from proxy.usage.writer import UsageWriter
 
 CLIENT_GONE = 499  # nginx's status for "client closed the request"
+SHUTTING_DOWN = 503
 NO_USAGE = Usage(0, 0)
 OVERHEAD_KEY_ID = "gateway:hedge"  # usage the gateway spent on its own account
 
@@ -128,6 +133,8 @@ class Meter:
             if self._audio:  # the upstream failed: no audio was transcribed
                 self.bill_audio(0.0, "none")
             self._write(exc.status, None, "none", exc.code)
+        elif isinstance(exc, asyncio.CancelledError) and self._request.get(ENDED_BY_SHUTDOWN):
+            await self.settle(SHUTTING_DOWN, "server_shutting_down")
         elif isinstance(exc, (asyncio.CancelledError, ConnectionResetError)):
             await self.settle(CLIENT_GONE, "client_disconnected")
         elif isinstance(exc, Exception):

@@ -1,7 +1,7 @@
 """The aiohttp application: routes wired to their handlers, and what a process
 opens at start and closes at stop.
 
-Built by `proxy.server.lifecycle.run_worker` (and the tests). Start-up opens the
+Built by `proxy.server.worker.serve_app` in each serving process. Start-up opens the
 SQLite file, loads the key mirror (`proxy.auth.key_table`), starts the usage
 writer (`proxy.usage`), builds the providers, and leaves all of it in one
 `GatewayState` that the middleware and the handlers read.

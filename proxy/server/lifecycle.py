@@ -1,11 +1,14 @@
 """Process lifecycle: start-up announcement, journal replay, one or N workers, shutdown.
 
-`serve` (called by the CLI) replays usage journals left by dead processes,
-says in one log line where the aliases are served from, then runs the aiohttp
-app on uvloop: in this process for one worker, or in N forked workers sharing
-the port through SO_REUSEPORT (`proxy.server.supervisor`), which restarts
-any worker that dies. SIGTERM/SIGINT
-stop the workers gracefully; each flushes its usage journal on the way out.
+`serve` (called by the CLI) raises the open-files limit, checks that the port
+is free (a port in use ends it at once, with a clear message and exit code
+`worker.EXIT_CANNOT_LISTEN`), replays usage journals left by dead processes,
+says in one log line where the aliases are served from, then serves: in this
+process for one worker, or in N forked workers sharing the port through
+SO_REUSEPORT (`proxy.server.supervisor`), which replaces any worker that
+dies. Each serving process runs `proxy.server.worker.serve_app`: on
+SIGTERM/SIGINT it stops accepting, drains the requests in flight
+(`[server] drain_s`), writes every usage record to SQLite and exits 0.
 """
 
 from __future__ import annotations
@@ -13,13 +16,12 @@ from __future__ import annotations
 import os
 import signal
 
-from aiohttp import web
-
 from proxy import storage
 from proxy.config.model import GatewayConfig
 from proxy.observability.logs import configure_logging, get_logger
-from proxy.server.app import build_app
 from proxy.server.supervisor import supervise
+from proxy.server.tuning import OPEN_FILES_NEEDED, raise_open_files_limit
+from proxy.server.worker import EXIT_CANNOT_LISTEN, cannot_listen, run_app_loop
 from proxy.usage.replay import replay_journals
 
 
@@ -55,40 +57,47 @@ def _replay(config: GatewayConfig) -> None:
         get_logger().info("journal_replayed", records=added)
 
 
-def run_worker(config: GatewayConfig, reuse_port: bool) -> None:
-    import uvloop
+def _open_files() -> int:
+    limit = raise_open_files_limit()
+    if limit < OPEN_FILES_NEEDED:
+        get_logger().warning(
+            "open_files_limit",
+            message=f"the open-files limit is {limit}: fewer than 1,000 concurrent streams "
+            f"fit (raise the hard limit, `ulimit -Hn`, to {OPEN_FILES_NEEDED} or more)",
+        )
+    return limit
 
+
+def run_worker(config: GatewayConfig, reuse_port: bool) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the supervisor's handler
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     configure_logging()
-    web.run_app(
-        build_app(config),
-        host=config.host,
-        port=config.port,
-        reuse_port=reuse_port,
-        print=None,
-        access_log=None,
-        loop=uvloop.new_event_loop(),
-        shutdown_timeout=10.0,
-        # a client that leaves cancels its handler at once: the upstream request
-        # is closed and only what the client actually received is billed
-        handler_cancellation=True,
-        backlog=4096,
-    )
+    code = run_app_loop(config, reuse_port)
+    if code:
+        raise SystemExit(code)
 
 
 def serve(config: GatewayConfig) -> None:
     configure_logging()
+    log = get_logger()
+    refused = cannot_listen(config.host, config.port)
+    if refused is not None:
+        log.error("cannot_listen", message=refused, host=config.host, port=config.port)
+        raise SystemExit(EXIT_CANNOT_LISTEN)
+    open_files = _open_files()
     _announce(config)
     _replay(config)
-    log = get_logger()
     log.info(
         "listening",
         url=f"http://{config.host}:{config.port}/v1",
         workers=config.workers,
         pid=os.getpid(),
+        open_files=open_files,
+        drain_s=config.drain_s,
     )
     if config.workers <= 1:
         run_worker(config, reuse_port=False)
         return
-    supervise(config, run_worker)
+    code = supervise(config, run_worker)
+    if code:
+        raise SystemExit(code)

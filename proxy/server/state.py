@@ -30,3 +30,7 @@ class GatewayState:
 
 
 STATE: web.AppKey[GatewayState] = web.AppKey("gateway_state", GatewayState)
+
+ENDED_BY_SHUTDOWN = "ended_by_shutdown"
+"""Request key set (True) by `proxy.server.runner` on a request still in flight when
+the shutdown's grace ran out, just before it cancels the request's handler."""

@@ -1,4 +1,11 @@
-"""Memory tuning of a long-running worker, run once by `proxy.server.app` at start.
+"""Process tuning: the open-files limit (`proxy.server.lifecycle`, once at start,
+before any worker is forked) and the memory of a long-running worker (run once
+by `proxy.server.app` at start).
+
+Open files: every stream holds two sockets (the client's and the upstream's),
+so 1,000 concurrent streams need over 2,000 descriptors, and the usual soft
+limit is 1,024. The soft limit is raised to the hard limit (the ceiling an
+unprivileged process may set) at start.
 
 Garbage collector (measured, not folklore): with CPython's default first
 threshold (700) a busy worker ran a young collection every ~18 requests and a
@@ -22,10 +29,30 @@ import asyncio
 import ctypes
 import ctypes.util
 import gc
+import resource
 from collections.abc import Callable
 
 GC_THRESHOLDS = (10_000, 10, 10)
 TRIM_INTERVAL_S = 10.0
+OPEN_FILES_NEEDED = 1_000 * 2 + 256  # 1,000 streams (client + upstream sockets) and spare
+OPEN_FILES_UNLIMITED_CAP = 1 << 16  # the soft limit taken when the hard one is unlimited
+
+
+def raise_open_files_limit() -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit; return the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = OPEN_FILES_UNLIMITED_CAP if hard == resource.RLIM_INFINITY else hard
+    if soft == resource.RLIM_INFINITY or soft >= target:
+        return soft
+    for wanted in (target, OPEN_FILES_NEEDED):
+        if wanted <= soft:
+            break
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            break
+        except (ValueError, OSError):  # above what the kernel allows: try the minimum
+            continue
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def malloc_trim() -> Callable[[], object] | None:
