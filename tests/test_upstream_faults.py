@@ -47,6 +47,9 @@ def _config(base_url: str) -> str:
     for case in cases:
         text += _deployment(f"f-{case}", base_url, case, EXTRA.get(case, ""))
     text += _deployment("f-slow", base_url, "slow-headers")
+    text += _deployment(
+        "f-slow-token", base_url, "slow-first-token", "first_token_timeout_s = 0.3\n"
+    )
     text += _deployment("f-down", closed_port_url(), "down")
     # one deployment rate limited, the other down: the client must hear of the limit
     text += _deployment("f-failover", base_url, "rate-limited")
@@ -292,3 +295,14 @@ def test_a_rate_limit_wins_over_an_outage_when_every_deployment_fails(
 def test_the_fault_gateway_log_has_no_traceback(gw: GatewayProcess) -> None:
     assert "Traceback" not in gw.log_text()
     assert Path(gw.log_path).exists()
+
+
+def test_a_stream_without_a_first_token_in_time_ends_with_a_timeout_event(
+    gw: GatewayProcess, key: str
+) -> None:
+    resp = post_chat(gw, key, {"model": "f-slow-token", "messages": MESSAGES, "stream": True})
+    assert resp.status_code == 200
+    assert b'"code":"upstream_timeout"' in resp.content
+    assert b"one" not in resp.content  # the slow deployment's words never came
+    record = _record(gw, resp.headers["x-request-id"])
+    assert (record["status"], record["error"]) == (502, "upstream_timeout")

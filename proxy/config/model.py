@@ -37,7 +37,9 @@ class Deployment:
     api_key: str = field(default="", repr=False)
     weight: float = 1.0
     timeout_s: float = 600.0  # idle: the longest silence while reading a reply
+    connect_timeout_s: float = 10.0  # to open a connection to the upstream
     first_byte_timeout_s: float = 120.0  # until the upstream's answer (status, headers) begins
+    first_token_timeout_s: float = 300.0  # streams: until the first content arrives
     total_timeout_s: float = 900.0  # the whole exchange, stream included
     max_reply_mb: float = 100.0  # a whole JSON reply
     max_event_kb: float = 1024.0  # one SSE event

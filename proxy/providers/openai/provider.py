@@ -60,7 +60,9 @@ class _Prepared:
             headers["Authorization"] = f"Bearer {deployment.api_key}"
         self.headers = headers
         self.timeout = aiohttp.ClientTimeout(
-            total=deployment.total_timeout_s, sock_connect=10, sock_read=deployment.timeout_s
+            total=deployment.total_timeout_s,
+            sock_connect=deployment.connect_timeout_s,
+            sock_read=deployment.timeout_s,
         )
         self.urls: dict[str, URL] = {}
 

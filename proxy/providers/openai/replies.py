@@ -191,33 +191,54 @@ class SseChatReply(_HttpReply):
     ) -> None:
         super().__init__(resp, alias, deployment)
         self._rewriter = SseRewriter(alias, include_usage)
+        self._event_cap = int(deployment.max_event_kb * 1024)
+        self._unfinished = 0  # bytes fed since an event last came out whole
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        rewriter = self._rewriter
-        event_cap = int(self._deployment.max_event_kb * 1024)
-        unfinished = 0  # bytes fed since an event last came out whole
+        pieces = self._resp.content.iter_any().__aiter__()
+        deadline = asyncio.get_running_loop().time() + self._deployment.first_token_timeout_s
         try:
-            async for piece in self._resp.content.iter_any():
-                out = rewriter.feed(piece)
-                if self.first_content_at is None and rewriter.first_content:
-                    self.first_content_at = perf_counter()
-                if not out:
-                    unfinished += len(piece)
-                    if unfinished > event_cap:
-                        raise UpstreamBadReply(f"an SSE event over {event_cap} bytes")
-                    continue
-                unfinished = 0
-                if self.usage is None and rewriter.usage_json is not None:
-                    self._take_usage(rewriter.usage_json)
-                if rewriter.done:
-                    self._end()
-                yield out
+            while self.first_content_at is None:  # until the first token: its own deadline
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        piece = await pieces.__anext__()
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    limit = self._deployment.first_token_timeout_s
+                    raise UpstreamTimeout(f"no first token within {limit} s") from None
+                out = self._feed(piece)
+                if out:
+                    yield out
+            else:
+                async for piece in pieces:
+                    out = self._feed(piece)
+                    if out:
+                        yield out
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise client_errors(exc) from exc
-        tail = rewriter.finish()
+        tail = self._rewriter.finish()
         self._end()
         if tail:
             yield tail
+
+    def _feed(self, piece: bytes) -> bytes:
+        """One piece from the upstream through the rewriter: what to send on."""
+        rewriter = self._rewriter
+        out = rewriter.feed(piece)
+        if self.first_content_at is None and rewriter.first_content:
+            self.first_content_at = perf_counter()
+        if not out:
+            self._unfinished += len(piece)
+            if self._unfinished > self._event_cap:
+                raise UpstreamBadReply(f"an SSE event over {self._event_cap} bytes")
+            return out
+        self._unfinished = 0
+        if self.usage is None and rewriter.usage_json is not None:
+            self._take_usage(rewriter.usage_json)
+        if rewriter.done:
+            self._end()
+        return out
 
     def _take_usage(self, raw: bytes) -> None:
         self.usage = usage_of_json(raw)
