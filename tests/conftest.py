@@ -24,6 +24,7 @@ from typing import Any
 
 import openai
 import pytest
+from faulty_upstream import FaultyUpstream
 from gateway_process import GatewayProcess, gateway_config
 from upstream_app import Upstream
 
@@ -44,6 +45,15 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "gateway" in metafunc.fixturenames and metafunc.definition.get_closest_marker(BOTH_TWINS):
         metafunc.parametrize("gateway", list(FASTPATH_TWINS), indirect=True)
+
+
+@pytest.fixture(scope="module")
+def faulty() -> Iterator[FaultyUpstream]:
+    """An upstream that misbehaves on purpose (`faulty_upstream`), one per module."""
+    up = FaultyUpstream()
+    up.start()
+    yield up
+    up.stop()
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,8 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -202,6 +204,19 @@ class GatewayProcess:
             return conn.execute(sql, params).fetchall()
         finally:
             conn.close()
+
+
+@contextmanager
+def running_gateway(
+    workdir: Path, config_text: str | None, **kwargs: Any
+) -> Iterator[GatewayProcess]:
+    """A started gateway, stopped on the way out (for module-scoped fixtures)."""
+    gateway = GatewayProcess(workdir, config_text, **kwargs)
+    gateway.start()
+    try:
+        yield gateway
+    finally:
+        gateway.stop()
 
 
 def _openai_deployment(alias: str, base_url: str, model: str, extra: str = "") -> str:

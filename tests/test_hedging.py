@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import openai
 import pytest
 from faulty_upstream import REPLY, SLOW_FIRST_TOKEN_S, FaultyUpstream
-from gateway_process import GatewayProcess
+from gateway_process import GatewayProcess, running_gateway
 from waiting import wait_for
 
 MESSAGES = [{"role": "user", "content": "hello"}]
@@ -42,21 +42,11 @@ def _config(base_url: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def faulty() -> Iterator[FaultyUpstream]:
-    up = FaultyUpstream()
-    up.start()
-    yield up
-    up.stop()
-
-
-@pytest.fixture(scope="module")
 def gw(
     faulty: FaultyUpstream, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[GatewayProcess]:
-    gateway = GatewayProcess(tmp_path_factory.mktemp("hedging"), _config(faulty.base_url))
-    gateway.start()
-    yield gateway
-    gateway.stop()
+    with running_gateway(tmp_path_factory.mktemp("hedging"), _config(faulty.base_url)) as gateway:
+        yield gateway
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import openai
 import pytest
 from faulty_upstream import REPLY, FaultyUpstream
-from gateway_process import ADMIN_KEY, GatewayProcess
+from gateway_process import ADMIN_KEY, GatewayProcess, running_gateway
 from waiting import wait_for
 
 from proxy.routing import breaker as breakers
@@ -75,21 +75,11 @@ def _config(base_url: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def faulty() -> Iterator[FaultyUpstream]:
-    up = FaultyUpstream()
-    up.start()
-    yield up
-    up.stop()
-
-
-@pytest.fixture(scope="module")
 def gw(
     faulty: FaultyUpstream, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[GatewayProcess]:
-    gateway = GatewayProcess(tmp_path_factory.mktemp("routing"), _config(faulty.base_url))
-    gateway.start()
-    yield gateway
-    gateway.stop()
+    with running_gateway(tmp_path_factory.mktemp("routing"), _config(faulty.base_url)) as gateway:
+        yield gateway
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from typing import Any
 import openai
 import pytest
 from faulty_upstream import REPLY, FaultyUpstream
-from gateway_process import GatewayProcess, closed_port_url
+from gateway_process import GatewayProcess, closed_port_url, running_gateway
 from waiting import wait_for
 
 from proxy.metering.tokens import get_encoding
@@ -61,21 +61,11 @@ def _config(base_url: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def faulty() -> Iterator[FaultyUpstream]:
-    up = FaultyUpstream()
-    up.start()
-    yield up
-    up.stop()
-
-
-@pytest.fixture(scope="module")
 def gw(
     faulty: FaultyUpstream, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[GatewayProcess]:
-    gateway = GatewayProcess(tmp_path_factory.mktemp("faults"), _config(faulty.base_url))
-    gateway.start()
-    yield gateway
-    gateway.stop()
+    with running_gateway(tmp_path_factory.mktemp("faults"), _config(faulty.base_url)) as gateway:
+        yield gateway
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Iterator
 from typing import Any
 
 import openai
@@ -45,14 +44,6 @@ def _vision_message(url: str, detail: str = "high") -> list[dict[str, Any]]:
     ]
 
 
-@pytest.fixture(scope="module")
-def image_host() -> Iterator[FaultyUpstream]:
-    host = FaultyUpstream()
-    host.start()
-    yield host
-    host.stop()
-
-
 def test_data_url_images_reach_the_upstream_byte_for_byte(
     client: openai.OpenAI, upstream: Upstream
 ) -> None:
@@ -68,15 +59,15 @@ def test_data_url_images_reach_the_upstream_byte_for_byte(
 @pytest.mark.parametrize("alias", ["prometheus-lite", "prometheus-vision"])
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_remote_image_url_is_never_fetched_by_the_gateway(
-    client: openai.OpenAI, image_host: FaultyUpstream, alias: str, stream: bool
+    client: openai.OpenAI, faulty: FaultyUpstream, alias: str, stream: bool
 ) -> None:
-    url = f"http://127.0.0.1:{image_host.port}/cat-{alias}-{stream}.png"
+    url = f"http://127.0.0.1:{faulty.port}/cat-{alias}-{stream}.png"
     reply = client.chat.completions.create(
         model=alias, messages=_vision_message(url, "low"), stream=stream
     )
     if stream:
         assert list(reply)
-    assert [p for p, m in image_host.seen if m == "GET"] == []
+    assert [p for p, m in faulty.seen if m == "GET"] == []  # a stand-in image host
 
 
 def test_a_dropped_vision_stream_bills_the_image_by_the_tile_formula(

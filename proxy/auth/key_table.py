@@ -35,6 +35,7 @@ import aiosqlite
 
 from proxy import storage
 from proxy.auth.keys import SELECT_KEYS, KeyInfo, row_to_info
+from proxy.background import stop_task
 from proxy.observability.logs import get_logger
 
 POLL_INTERVAL_S = 0.2
@@ -136,12 +137,7 @@ class KeyTable:
         self._task = asyncio.create_task(self._poll())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await stop_task(self._task)
         await self._db.close()
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import aiosqlite
 
+from proxy.background import stop_task
 from proxy.observability.logs import get_logger
 from proxy.usage.journal import UsageJournal
 from proxy.usage.rejected import set_aside
@@ -140,12 +141,7 @@ class UsageWriter:
         self._task = asyncio.create_task(self._run())
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await stop_task(self._task)
         try:
             await self.flush()
         except Exception as exc:  # noqa: BLE001 - the journal keeps them for the next start
