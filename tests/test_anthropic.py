@@ -39,11 +39,17 @@ from anthropic_upstream import (
     TOOL_TEXT,
     AnthropicUpstream,
     reply_words,
+    sse,
 )
 from gateway_process import GatewayProcess
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from waiting import wait_for
 
 from proxy.metering.tokens import count_chat_input, count_text
+from proxy.providers.anthropic.request import translate
+from proxy.providers.anthropic.stream import StreamTranslator
+from proxy.providers.base import UpstreamBadReply, Usage
 
 NPM_DIR = Path(__file__).resolve().parent / "npm_anthropic"
 PRICES = {"prometheus-core": (1.10, 4.40), "prometheus-lite": (0.10, 0.40)}
@@ -752,3 +758,124 @@ def test_an_upstream_that_breaks_off_ends_the_stream_with_an_error_event(
     (record,) = _records(gw, key["id"])
     assert record["status"] == 502 and record["error"] == "upstream_disconnected"
     assert record["output_tokens"] == count_text(text)
+
+
+# -- the translation on its own (no gateway) -----------------------------------
+
+
+def _recorded_stream() -> bytes:
+    """A whole real-shaped Messages stream: text, a ping, a tool call, the end."""
+    start = {
+        "type": "message_start",
+        "message": {
+            "id": "msg_01Rec",
+            "type": "message",
+            "role": "assistant",
+            "content": [],
+            "model": "claude-sonnet-test",
+            "usage": {"input_tokens": 9, "cache_read_input_tokens": 4, "output_tokens": 1},
+        },
+    }
+    text = {"type": "text", "text": 'Hé "quoted" \\ text\n'}
+    tool = {"type": "tool_use", "id": TOOL_ID, "name": "get_forecast", "input": TOOL_INPUT}
+    end = {"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {}}
+    end["usage"] = {"output_tokens": 30}
+    return b"".join(
+        [
+            sse("message_start", start),
+            sse("ping", {"type": "ping"}),
+            *AnthropicUpstream._block_events(0, text),
+            *AnthropicUpstream._block_events(1, tool),
+            sse("message_delta", end),
+            sse("message_stop", {"type": "message_stop"}),
+        ]
+    )
+
+
+def _chunks(out: bytes) -> list[Any]:
+    """The chunks, without `created` (a clock reading)."""
+    events = _events(out)
+    for event in events:
+        event.pop("created", None)
+    return events
+
+
+RECORDED = _recorded_stream()
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    cuts=st.lists(st.integers(min_value=1, max_value=len(RECORDED) - 1), max_size=80),
+    crlf=st.booleans(),
+)
+def test_the_translation_does_not_depend_on_where_the_pieces_end(
+    cuts: list[int], crlf: bool
+) -> None:
+    whole = StreamTranslator("prometheus-core", True, None, 1 << 20)
+    expected = _chunks(whole.feed(RECORDED))
+    data = RECORDED.replace(b"\n", b"\r\n") if crlf else RECORDED
+    pieces = StreamTranslator("prometheus-core", True, None, 1 << 20)
+    out, prev = b"", 0
+    for cut in [*sorted(set(cuts)), len(data)]:
+        cut = min(cut, len(data))
+        out += pieces.feed(data[prev:cut])
+        prev = cut
+    assert _chunks(out) == expected
+    assert pieces.stopped and pieces.text() == whole.text()
+    assert pieces.usage == whole.usage == Usage(13, 30, cached_tokens=4)
+
+
+def test_each_event_goes_out_as_soon_as_it_is_complete() -> None:
+    translator = StreamTranslator("prometheus-core", False, None, 1 << 20)
+    first_text = RECORDED.index(b"text_delta")
+    end_of_event = RECORDED.index(b"\n\n", first_text) + 2
+    out = translator.feed(RECORDED[: end_of_event - 1])  # one byte short of the event
+    assert b'"content":"H' not in out and translator.text() == ""
+    out = translator.feed(RECORDED[end_of_event - 1 : end_of_event])
+    assert b'"content":"H' in out and translator.text() == "H\u00e9"
+    assert translator.usage is None  # output tokens are not known before message_delta
+
+
+def test_an_event_over_the_cap_is_a_bad_reply() -> None:
+    translator = StreamTranslator("prometheus-core", False, None, 1024)
+    translator.feed(b'event: content_block_delta\ndata: {"type":"content_block_delta"')
+    with pytest.raises(UpstreamBadReply):
+        translator.feed(b" " * 2048)
+
+
+def test_thinking_stays_off_where_anthropic_would_refuse_it() -> None:
+    loop = {
+        "messages": [
+            {"role": "user", "content": "weather?"},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": TOOL_ID,
+                        "type": "function",
+                        "function": {"name": "get_forecast", "arguments": "{}"},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": TOOL_ID, "content": "Sunny"},
+        ],
+        "tools": [FORECAST_TOOL],
+        "reasoning_effort": "high",
+    }
+    # in a tool loop Anthropic wants its earlier thinking blocks back: none to give
+    assert "thinking" not in translate(loop, "m").body
+    # a forced tool and thinking do not go together
+    forced = {"messages": HELLO, "tools": [FORECAST_TOOL], "tool_choice": "required"}
+    assert "thinking" not in translate({**forced, "reasoning_effort": "low"}, "m").body
+    # nor does a budget that does not fit in the client's limit
+    assert (
+        "thinking"
+        not in translate(
+            {"messages": HELLO, "reasoning_effort": "low", "max_tokens": 500}, "m"
+        ).body
+    )
+    assert translate({"messages": HELLO, "reasoning_effort": "high"}, "m").body["thinking"] == {
+        "type": "enabled",
+        "budget_tokens": 16384,
+    }

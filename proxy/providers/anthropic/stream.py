@@ -38,6 +38,7 @@ DONE = b"data: [DONE]\n\n"
 _OPEN = b'{"index":0,"delta":{'
 _CLOSE = b'},"logprobs":null,"finish_reason":null}'
 _ROLE = _OPEN + b'"role":"assistant","content":""' + _CLOSE
+_TEXT = _OPEN + b'"content":'
 
 
 class StreamTranslator:
@@ -130,12 +131,20 @@ class StreamTranslator:
         return b"".join(out)
 
     def _event(self, buf: bytes, start: int, end: int, out: list[bytes]) -> None:
-        payload = b""
-        for line in buf[start:end].split(b"\n"):
-            if line.startswith(b"data:"):
-                payload = payload + b"\n" + line[5:] if payload else line[5:]
+        if buf.startswith(b"data:", start):
+            i = start
+        else:
+            i = buf.find(b"\ndata:", start, end)
+            if i < 0:
+                return  # no data line: a comment, or an event line alone
+            i += 1
+        if buf.find(b"\n", i, end) < 0:  # Anthropic's layout: `event:`, then one `data:`
+            payload = buf[i + 5 : end]
+        else:
+            lines = buf[i:end].split(b"\n")
+            payload = b"\n".join(line[5:] for line in lines if line.startswith(b"data:"))
         if not payload.strip():
-            return  # a comment, or an event line alone
+            return
         try:
             event = orjson.loads(payload)
         except orjson.JSONDecodeError as exc:
@@ -175,8 +184,14 @@ class StreamTranslator:
             if not isinstance(delta, dict):
                 return
             dkind = delta.get("type")
-            if dkind == "text_delta":
-                self._content(out, delta.get("text"))
+            if dkind == "text_delta":  # nearly every event: inlined
+                text = delta.get("text")
+                if type(text) is str and text:
+                    self.first_content = True
+                    self._texts.append(text)
+                    if not self._prefix:
+                        self._start(None)
+                    out.append(self._prefix + _TEXT + orjson.dumps(text) + _CLOSE + self._suffix)
             elif dkind == "input_json_delta":
                 self._arguments(out, event.get("index"), delta.get("partial_json"))
         elif kind == "content_block_start":
