@@ -803,21 +803,36 @@ def _chunks(out: bytes) -> list[Any]:
 RECORDED = _recorded_stream()
 
 
-@settings(max_examples=150, deadline=None)
+def _relaid(stream: bytes, layout: str) -> bytes:
+    """The same events in another layout the SSE and JSON rules allow: spaced JSON,
+    data lines alone (no `event:` line), CRLF line ends."""
+    if layout == "crlf":
+        return stream.replace(b"\n", b"\r\n")
+    events = []
+    for block in stream.split(b"\n\n")[:-1]:
+        name, data = block.split(b"\n")
+        if layout == "spaced":
+            data = b"data: " + json.dumps(json.loads(data[6:])).encode()
+            events.append(name + b"\n" + data)
+        else:
+            events.append(data)
+    return b"\n\n".join(events) + b"\n\n"
+
+
+@settings(max_examples=200, deadline=None)
 @given(
-    cuts=st.lists(st.integers(min_value=1, max_value=len(RECORDED) - 1), max_size=80),
-    crlf=st.booleans(),
+    cuts=st.lists(st.integers(min_value=1, max_value=2 * len(RECORDED)), max_size=80),
+    layout=st.sampled_from(["compact", "crlf", "spaced", "data-only"]),
 )
 def test_the_translation_does_not_depend_on_where_the_pieces_end(
-    cuts: list[int], crlf: bool
+    cuts: list[int], layout: str
 ) -> None:
     whole = StreamTranslator("prometheus-core", True, None, 1 << 20)
     expected = _chunks(whole.feed(RECORDED))
-    data = RECORDED.replace(b"\n", b"\r\n") if crlf else RECORDED
+    data = RECORDED if layout == "compact" else _relaid(RECORDED, layout)
     pieces = StreamTranslator("prometheus-core", True, None, 1 << 20)
     out, prev = b"", 0
-    for cut in [*sorted(set(cuts)), len(data)]:
-        cut = min(cut, len(data))
+    for cut in [*sorted({c % len(data) for c in cuts} - {0}), len(data)]:
         out += pieces.feed(data[prev:cut])
         prev = cut
     assert _chunks(out) == expected
