@@ -10,7 +10,8 @@ types in the right turn (`tool_use` from the assistant, `tool_result` in the
 next user turn naming a `tool_use` id, first in that turn), image sources,
 `system`, `tools`/`tool_choice`, ranges of `temperature`/`top_p`,
 `stop_sequences`, and `thinking` (budget >= 1024 and < `max_tokens`, never
-with a forced tool). It records every request (path, headers, body).
+with a forced tool, a temperature but 1 or a top_p under 0.95). It records
+every request (path, headers, body).
 
 Replies are real-shaped: the text is `REPLY_WORDS` words (cut by
 `max_tokens`, or before a word that is a stop sequence); with tools, a text
@@ -192,6 +193,8 @@ def validate(body: dict[str, Any]) -> None:
         _check(type(budget) is int and 1024 <= budget < max_tokens, "thinking.budget_tokens")
         forced = (choice or {}).get("type") in ("any", "tool")
         _check(not forced, "Thinking may not be enabled when tool_choice forces tool use.")
+        _check(body.get("temperature") in (None, 1), "temperature may only be 1 with thinking")
+        _check(body.get("top_p") is None or body["top_p"] >= 0.95, "top_p with thinking")
 
 
 def _error(status: int, kind: str, message: str, headers: dict[str, str] | None = None) -> Any:

@@ -577,11 +577,12 @@ def test_reasoning_effort_is_a_thinking_budget_and_thinking_stays_upstream(
     client: openai.OpenAI, anthropic: AnthropicUpstream
 ) -> None:
     reply = client.chat.completions.create(
-        model="prometheus-core", messages=HELLO, reasoning_effort="low"
+        model="prometheus-core", messages=HELLO, reasoning_effort="low", temperature=0.7
     )
     sent = _sent(anthropic)
     assert sent["thinking"] == {"type": "enabled", "budget_tokens": 1024}
     assert sent["max_tokens"] > 1024
+    assert "temperature" not in sent  # Anthropic refuses it with thinking
     assert reply.choices[0].message.content == WORDS
     text = "".join(
         chunk.choices[0].delta.content or ""

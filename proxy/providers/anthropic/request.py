@@ -16,7 +16,7 @@ nothing the client can check (`seed`, penalties, `logprobs`) are left out.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeGuard
 
 import orjson
 
@@ -235,6 +235,10 @@ def _max_tokens(body: dict[str, Any]) -> int | None:
     return None
 
 
+def _number(value: Any) -> TypeGuard[float]:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _stop(stop: Any) -> list[str]:
     stops = [stop] if isinstance(stop, str) else stop
     if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
@@ -287,11 +291,13 @@ def translate(body: dict[str, Any], model: str) -> Translation:
             out["thinking"] = {"type": "enabled", "budget_tokens": budget}
             limit = limit or budget + DEFAULT_MAX_TOKENS
     out["max_tokens"] = limit or DEFAULT_MAX_TOKENS
-    temperature = body.get("temperature")
-    if isinstance(temperature, int | float) and not isinstance(temperature, bool):
+    # With thinking, Anthropic refuses any temperature but 1 and a top_p under 0.95;
+    # OpenAI's reasoning models ignore sampling settings clients often send anyway.
+    temperature, top_p = body.get("temperature"), body.get("top_p")
+    if _number(temperature) and "thinking" not in out:
         out["temperature"] = min(float(temperature), 1.0)  # OpenAI's range is 0-2
-    if isinstance(body.get("top_p"), int | float):
-        out["top_p"] = body["top_p"]
+    if _number(top_p) and ("thinking" not in out or top_p >= 0.95):
+        out["top_p"] = top_p
     if body.get("stop") is not None:
         stops = _stop(body["stop"])
         if stops:
