@@ -193,7 +193,7 @@ class StreamTranslator:
                 self._created,
                 b',"model":',
                 self._alias,
-                b',"system_fingerprint":null,"choices":[',
+                b',"choices":[',
             )
         )
 
