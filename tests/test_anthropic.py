@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import openai
+import orjson
 import pytest
 from anthropic_upstream import (
     ANTHROPIC_KEY,
@@ -48,7 +49,7 @@ from hypothesis import strategies as st
 from waiting import wait_for
 
 from proxy.metering.tokens import count_chat_input, count_text
-from proxy.providers.anthropic.request import translate
+from proxy.providers.anthropic.request import Untranslatable, translate
 from proxy.providers.anthropic.stream import StreamTranslator
 from proxy.providers.base import UpstreamBadReply, Usage
 
@@ -938,3 +939,72 @@ def test_thinking_stays_off_where_anthropic_would_refuse_it() -> None:
         "type": "enabled",
         "budget_tokens": 16384,
     }
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 5) | st.floats(0, 3) | st.text(max_size=5),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+_PART = st.fixed_dictionaries(
+    {"type": st.sampled_from(["text", "image_url", "file", "input_audio", "refusal"])},
+    optional={
+        "text": _JSON,
+        "refusal": _JSON,
+        "image_url": _JSON
+        | st.fixed_dictionaries(
+            {"url": st.sampled_from(["data:image/png;base64,AA", "data:,x", "https://a/b", "x"])}
+        ),
+        "file": _JSON | st.fixed_dictionaries({"file_data": st.text(max_size=40)}),
+    },
+)
+_CALL = st.fixed_dictionaries(
+    {},
+    optional={
+        "id": _JSON | st.just("call_1"),
+        "type": st.just("function"),
+        "function": _JSON
+        | st.fixed_dictionaries(
+            {"name": _JSON, "arguments": _JSON | st.sampled_from(["{}", '{"a": 1}', "[1]"])}
+        ),
+    },
+)
+_MESSAGE = st.fixed_dictionaries(
+    {"role": st.sampled_from(["user", "assistant", "tool", "system", "developer", "function"])},
+    optional={
+        "content": _JSON | st.lists(_PART | _JSON, max_size=3),
+        "tool_calls": _JSON | st.lists(_CALL, max_size=2),
+        "tool_call_id": _JSON | st.just("call_1"),
+    },
+)
+_EXTRA = {
+    "tools": _JSON | st.lists(st.just(FORECAST_TOOL) | _JSON, max_size=2),
+    "tool_choice": _JSON | st.sampled_from(["auto", "none", "required"]),
+    "response_format": _JSON | st.just(SCHEMA) | st.just({"type": "json_object"}),
+    "reasoning_effort": _JSON | st.sampled_from(["low", "medium", "high", "minimal"]),
+    "n": st.sampled_from([1, 1, 1, 2, None]),
+    "stop": _JSON,
+    "max_tokens": _JSON | st.integers(1, 5000),
+    "max_completion_tokens": _JSON | st.integers(1, 5000),
+    "temperature": _JSON,
+    "top_p": _JSON,
+    "parallel_tool_calls": _JSON,
+    "user": _JSON,
+}
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    messages=st.lists(_MESSAGE, min_size=1, max_size=4) | st.lists(_JSON, min_size=1, max_size=2),
+    extra=st.fixed_dictionaries({}, optional=_EXTRA),
+)
+def test_no_client_body_breaks_the_translation(messages: list[Any], extra: dict[str, Any]) -> None:
+    """Whatever the client sends, the translation answers or says 400: never a 500."""
+    try:
+        translated = translate({"messages": messages, **extra}, "m")
+    except Untranslatable as exc:
+        assert exc.param and exc.message
+        return
+    orjson.dumps(translated.body)
