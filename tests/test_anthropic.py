@@ -44,14 +44,14 @@ from anthropic_upstream import (
     sse,
 )
 from gateway_process import GatewayProcess
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from waiting import wait_for
 
 from proxy.metering.tokens import count_chat_input, count_text
 from proxy.providers.anthropic.request import Untranslatable, translate
 from proxy.providers.anthropic.stream import StreamTranslator
-from proxy.providers.base import UpstreamBadReply, Usage
+from proxy.providers.base import UpstreamBadReply, UpstreamUnavailable, Usage
 
 NPM_DIR = Path(__file__).resolve().parent / "npm_anthropic"
 NPM_NETWORK_ERRORS = ("ENOTFOUND", "EAI_AGAIN", "ECONNREFUSED", "ECONNRESET", "ETIMEDOUT")
@@ -1008,3 +1008,60 @@ def test_no_client_body_breaks_the_translation(messages: list[Any], extra: dict[
         assert exc.param and exc.message
         return
     orjson.dumps(translated.body)
+
+
+_EVENT = st.fixed_dictionaries(
+    {
+        "type": st.sampled_from(
+            [
+                "message_start",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_stop",
+                "message_delta",
+                "message_stop",
+                "ping",
+                "error",
+            ]
+        )
+    },
+    optional={
+        "index": st.integers(0, 2) | st.lists(st.integers(0, 2), max_size=1) | _JSON,
+        "message": _JSON,
+        "content_block": _JSON
+        | st.fixed_dictionaries(
+            {"type": st.sampled_from(["text", "tool_use", "thinking"])},
+            optional={"id": _JSON, "name": _JSON | st.just("answer"), "text": _JSON},
+        ),
+        "delta": _JSON
+        | st.fixed_dictionaries(
+            {"type": st.sampled_from(["text_delta", "input_json_delta", "thinking_delta"])},
+            optional={"text": _JSON, "partial_json": _JSON, "stop_reason": _JSON},
+        ),
+        "usage": _JSON,
+        "error": _JSON,
+    },
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(events=st.lists(_EVENT | _JSON, max_size=8), json_tool=st.sampled_from([None, "answer"]))
+@example(
+    events=[
+        {"type": "content_block_start", "index": [1], "content_block": {"type": "tool_use"}},
+        {"type": "content_block_delta", "index": {}, "delta": {"partial_json": "{"}},
+    ],
+    json_tool=None,
+)
+def test_no_upstream_stream_breaks_the_translator(events: list[Any], json_tool: str | None) -> None:
+    """Nonsense from the upstream is at worst a bad reply (a 502), never a gateway bug."""
+    translator = StreamTranslator("prometheus-core", True, json_tool, 1 << 20)
+    data = b"".join(sse(str(e.get("type")) if isinstance(e, dict) else "x", e) for e in events)
+    try:
+        out = translator.feed(data) + translator.finish()
+    except (UpstreamBadReply, UpstreamUnavailable):
+        return
+    for block in out.split(b"\n\n")[:-1]:
+        assert block.startswith(b"data: ")
+        if block != b"data: [DONE]":
+            json.loads(block[6:])

@@ -79,8 +79,8 @@ class StreamTranslator:
         self._suffix = b'],"usage":null}\n\n' if include_usage else b"]}\n\n"
         self._created = str(int(time.time())).encode()
         self._usage_raw: dict[str, Any] = {}
-        self._calls: dict[Any, int] = {}  # content block index -> tool call index
-        self._json_blocks: set[Any] = set()  # blocks of the json_schema tool
+        self._calls: dict[int, int] = {}  # content block index -> tool call index
+        self._json_blocks: set[int] = set()  # blocks of the json_schema tool
         self._texts: list[str] = []
         self._finished = False  # message_delta seen: finish reason and usage known
         self.first_content = False
@@ -243,7 +243,7 @@ class StreamTranslator:
             self.done = True
 
     def _block_start(self, out: list[bytes], index: Any, block: Any) -> None:
-        if not isinstance(block, dict):
+        if not isinstance(block, dict) or type(index) is not int:
             return
         kind = block.get("type")
         if kind == "text":
@@ -263,7 +263,7 @@ class StreamTranslator:
             self._chunk(out, _OPEN + b'"tool_calls":[' + orjson.dumps(first) + b"]" + _CLOSE)
 
     def _arguments(self, out: list[bytes], index: Any, part: Any) -> None:
-        if not isinstance(part, str) or not part:
+        if not isinstance(part, str) or not part or type(index) is not int:
             return
         if index in self._json_blocks:
             self._content(out, part)
