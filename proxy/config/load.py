@@ -51,12 +51,13 @@ def _default_routes(env: dict[str, str]) -> tuple[dict[str, AliasRoute], str]:
 
 def _parse_deployment(alias: str, raw: dict[str, Any], env: dict[str, str]) -> Deployment:
     provider = str(raw.get("provider", "openai"))
-    if provider not in ("openai", "sim"):
+    if provider not in ("openai", "anthropic", "sim"):
         raise ConfigError(f"models.{alias}: provider {provider!r} is not supported yet")
     api_key = str(raw.get("api_key", ""))
     if not api_key and raw.get("api_key_env"):
         api_key = env.get(str(raw["api_key_env"]), "")
-    base_url = str(raw.get("base_url", "")).rstrip("/")
+    default_url = "https://api.anthropic.com" if provider == "anthropic" else ""
+    base_url = str(raw.get("base_url", default_url)).rstrip("/")
     if provider == "openai" and not base_url:
         raise ConfigError(f"models.{alias}: an openai deployment needs base_url")
     pace = catalogue.SIM_PACE.get(alias, (50.0, 200.0))

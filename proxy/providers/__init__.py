@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from proxy.providers.anthropic import AnthropicProvider
 from proxy.providers.base import Provider
 from proxy.providers.openai import OpenAIProvider
 from proxy.providers.sim import SimProvider
 
 PROVIDERS: dict[str, Callable[[], Provider]] = {
     "openai": OpenAIProvider,
+    "anthropic": AnthropicProvider,
     "sim": SimProvider,
 }
 
