@@ -18,7 +18,7 @@ from typing import Any
 import openai
 import pytest
 from faulty_upstream import REPLY, FaultyUpstream
-from gateway_process import GatewayProcess, closed_port_url, running_gateway
+from gateway_process import ADMIN_KEY, GatewayProcess, closed_port_url, running_gateway
 from waiting import wait_for
 
 from proxy.metering.tokens import get_encoding
@@ -296,3 +296,40 @@ def test_a_stream_without_a_first_token_in_time_ends_with_a_timeout_event(
     assert b"one" not in resp.content  # the slow deployment's words never came
     record = _record(gw, resp.headers["x-request-id"])
     assert (record["status"], record["error"]) == (502, "upstream_timeout")
+
+
+def _breaker(gw: GatewayProcess, alias: str) -> dict[str, Any]:
+    req = urllib.request.Request(
+        f"{gw.root_url}/admin/health", headers={"Authorization": f"Bearer {ADMIN_KEY}"}
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        rows = json.loads(resp.read())["data"]
+    return dict(next(r for r in rows if r["alias"] == alias))
+
+
+@pytest.mark.parametrize(
+    ("alias", "status", "code", "failures"),
+    [
+        ("f-leaky-500", 502, "upstream_error", 2),  # tried, then retried once
+        ("f-down", 502, "upstream_unavailable", 2),
+        ("f-slow-headers", 504, "upstream_timeout", 2),
+        ("f-html", 502, "upstream_bad_reply", 2),
+        ("f-ok", 200, None, 0),
+    ],
+)
+def test_each_fault_what_the_client_sees_what_is_recorded_and_the_breaker_after(
+    gw: GatewayProcess, key: str, alias: str, status: int, code: str | None, failures: int
+) -> None:
+    before = _breaker(gw, alias)
+    resp = post_chat(gw, key, {"model": alias, "messages": MESSAGES, "stream": True})
+    assert resp.status_code == status
+    if code is not None:
+        assert resp.json()["error"]["code"] == code
+    record = _record(gw, resp.headers["x-request-id"])
+    assert (record["status"], record["error"]) == (status, code)
+    after = _breaker(gw, alias)
+    assert after["consecutive_failures"] - before["consecutive_failures"] == failures or (
+        failures == 0 and after["consecutive_failures"] == 0
+    )
+    if code is not None:
+        assert after["last_error"] == code
