@@ -32,6 +32,7 @@ from aiohttp import web
 
 from proxy.config.model import AliasRoute, Deployment
 from proxy.http.errors import GatewayError
+from proxy.observability import metrics
 from proxy.providers.base import Reply, Usage
 from proxy.usage.writer import UsageWriter
 
@@ -168,5 +169,6 @@ class Meter:
         }
         self.record = record
         self._writer.append(record)
+        metrics.observe(record)
         if not self._overhead:
             request["usage"] = record
