@@ -128,7 +128,13 @@ class KeySync:
                 while True:
                     await self.sync_once(conn)
                     await asyncio.sleep(POLL_S)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            except (
+                OSError,
+                asyncpg.PostgresError,
+                asyncpg.InterfaceError,
+                TimeoutError,
+                sqlite3.Error,  # the local file busy: try again
+            ) as exc:
                 if not failing:
                     self._log.warning("cluster_keys_failed", error=f"{type(exc).__name__}: {exc}")
                 failing = True
@@ -137,6 +143,23 @@ class KeySync:
                 if conn is not None:
                     conn.terminate()
             await asyncio.sleep(RECONNECT_S)
+
+    async def run_once(self) -> bool:
+        """One sync (`ship --once`); False if PostgreSQL could not be reached."""
+        try:
+            conn = await asyncpg.connect(self._dsn, timeout=10)
+        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            self._log.warning("cluster_keys_failed", error=f"{type(exc).__name__}: {exc}")
+            return False
+        try:
+            await migrate(conn)
+            await self.sync_once(conn)
+            return True
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            self._log.warning("cluster_keys_failed", error=f"{type(exc).__name__}: {exc}")
+            return False
+        finally:
+            await conn.close()
 
     async def sync_once(self, conn: asyncpg.Connection) -> None:
         await self._pull(conn)  # first: what PostgreSQL has is not pushed back

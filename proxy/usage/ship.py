@@ -17,6 +17,7 @@ import asyncio
 import signal
 import sqlite3
 import time
+from typing import Any
 
 from proxy.config.model import GatewayConfig
 from proxy.observability import ship_metrics
@@ -28,6 +29,7 @@ from proxy.usage.sinks.postgres import PostgresSink
 
 MAX_BACKOFF_S = 30.0
 PRUNE_INTERVAL_S = 600.0
+FINAL_ROUND_S = 10.0
 
 
 class NoSinkError(ValueError):
@@ -112,8 +114,10 @@ class Shipper:
 
 async def run(config: GatewayConfig, once: bool) -> int:
     sinks = build_sinks(config)
-    if not sinks:
-        raise NoSinkError("nothing to ship to: set [ship] postgres_dsn or [ship] http_url")
+    if not sinks and not config.cluster_dsn:
+        raise NoSinkError(
+            "nothing to do: set [ship] postgres_dsn or [ship] http_url (or [cluster] postgres_dsn)"
+        )
     shipper = Shipper(config, sinks)
     log = get_logger()
     log.info("ship_started", node_id=config.ship.node_id, sinks=[s.name for s in sinks])
@@ -121,16 +125,19 @@ async def run(config: GatewayConfig, once: bool) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    keys_task = None
-    if config.cluster_dsn and not once:
+    keys_task: asyncio.Task[Any] | None = None
+    if config.cluster_dsn:
         from proxy.auth.central_keys import KeySync
 
-        keys_task = asyncio.create_task(KeySync(config.cluster_dsn, config.db_path).run())
+        sync = KeySync(config.cluster_dsn, config.db_path)
+        keys_task = asyncio.create_task(sync.run_once() if once else sync.run())
     server = await ship_metrics.serve(config.ship.metrics_port) if not once else None
     try:
         if once:
             ok = await shipper.round()
             await shipper.prune()
+            if keys_task is not None:
+                ok = await keys_task and ok
             return 0 if ok else 1
         backoff = config.ship.interval_s
         next_prune = time.monotonic()
@@ -144,6 +151,10 @@ async def run(config: GatewayConfig, once: bool) -> int:
                 await asyncio.wait_for(stop.wait(), backoff)
             except TimeoutError:
                 pass
+        try:  # stopping: what the gateway flushed as it drained goes out too
+            await asyncio.wait_for(shipper.round(), FINAL_ROUND_S)
+        except TimeoutError:
+            log.warning("ship_stopped_with_rows_waiting", message="shipped at the next start")
         return 0
     finally:
         if keys_task is not None:
