@@ -1,7 +1,8 @@
 """The `prometheus-gateway` command line (also `python -m proxy`).
 
 Only argument parsing and printing live here; the work is in `proxy.server.lifecycle`
-(serve), `proxy.auth.keys` (keys), `proxy.usage.report` (usage) and
+(serve), `proxy.auth.keys` (keys), `proxy.usage.report` (usage; `--central`:
+`proxy.usage.sinks.pg_report`), `proxy.usage.ship` (ship, the sidecar) and
 `proxy.providers.sim.server` (sim).
 """
 

@@ -7,12 +7,13 @@ nodes up."""
 from __future__ import annotations
 
 import json
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import openai
 from central_pg import ShipProcess, fetch, ledger_count, pg_dsn, ship_config
-from gateway_process import GatewayProcess, gateway_config
+from gateway_process import ADMIN_KEY, GatewayProcess, gateway_config
 from upstream_app import Upstream
 from waiting import wait_for
 
@@ -100,6 +101,13 @@ def test_two_nodes_one_ledger_row_for_row(upstream: Upstream, pg_dsn: str, tmp_p
         central = json.loads(nodes[0][1].cli("usage", "--central", "--json").stdout)
         assert {r["key_id"] for r in central} == {k["id"] for k in keys.values()}
         assert sum(r["requests"] for r in central) == total
+        # and GET /admin/usage?central=1 on the other node gives the same rows
+        req = urllib.request.Request(
+            f"{nodes[1][1].root_url}/admin/usage?central=1",
+            headers={"Authorization": f"Bearer {ADMIN_KEY}"},
+        )
+        with urllib.request.urlopen(req, timeout=10) as r:
+            assert json.loads(r.read()) == central
     finally:
         for _, gw, ship in nodes:
             ship.stop()

@@ -10,6 +10,9 @@ import asyncpg
 
 from proxy.usage.sinks.pg_schema import migrate
 
+LEDGER_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+"""What reading the ledger raises when PostgreSQL is down or refuses."""
+
 _DAY = "(to_timestamp(r.ts) AT TIME ZONE 'UTC')::date"
 PERIODS = {"day": _DAY, "week": f"date_trunc('week', {_DAY})::date"}
 
@@ -29,7 +32,10 @@ def _sql(by: str, with_key: bool) -> str:
     """
 
 
-async def _query(dsn: str, key_id: str | None, by: str) -> list[dict[str, Any]]:
+async def central_usage(dsn: str, key_id: str | None, by: str) -> list[dict[str, Any]]:
+    """The usage rows of the whole cluster (`GET /admin/usage?central=1`)."""
+    if by not in PERIODS:
+        raise ValueError("by must be 'day' or 'week'")
     conn = await asyncpg.connect(dsn, timeout=10)
     try:
         await migrate(conn)
@@ -50,4 +56,4 @@ def query_central_usage(
 ) -> list[dict[str, Any]]:
     if by not in PERIODS:
         raise ValueError("by must be 'day' or 'week'")
-    return asyncio.run(_query(dsn, key_id, by))
+    return asyncio.run(central_usage(dsn, key_id, by))
