@@ -13,6 +13,7 @@ import http.server
 import json
 import sqlite3
 import threading
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -145,3 +146,42 @@ def test_shipped_rows_past_retention_are_pruned(receiver: Receiver, tmp_path: Pa
     left = [r[0] for r in conn.execute("SELECT request_id FROM requests")]
     conn.close()
     assert left == ["req_new"]
+
+
+def test_sidecar_metrics_show_rows_waiting_and_lag(tmp_path: Path) -> None:
+    """With its sink down, the sidecar's own /metrics says how many rows wait and
+    how old the oldest is."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    port = free_port()
+    cfg = tmp_path / "prometheus.toml"
+    cfg.write_text(
+        '[storage]\npath = "gateway.db"\n'
+        + ship_config(
+            http_url=f"http://127.0.0.1:{free_port()}/down", node_id="n", metrics_port=port
+        )
+    )
+    write_rows(tmp_path / "gateway.db", 10)  # an hour old and older
+
+    def scrape() -> dict[str, float]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+                text = r.read().decode()
+        except OSError:
+            return {}
+        return {
+            s.name: s.value
+            for f in text_string_to_metric_families(text)
+            for s in f.samples
+            if not s.labels
+        }
+
+    ship = ShipProcess(tmp_path, cfg).start()
+    try:
+        seen = wait_for(
+            lambda: (m := scrape()).get("prometheus_gateway_ship_rows_waiting") == 10 and m,
+            message="10 rows waiting on the sidecar's /metrics",
+        )
+        assert seen["prometheus_gateway_ship_lag_seconds"] > 3000
+    finally:
+        ship.stop()
