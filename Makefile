@@ -20,6 +20,7 @@ test: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy --strict proxy
+	sh deploy/ci/postgres-ready.sh
 	$(BIN)/pytest -q
 
 bench: install

@@ -1,7 +1,8 @@
 """The `prometheus-gateway` command line (also `python -m proxy`).
 
 Only argument parsing and printing live here; the work is in `proxy.server.lifecycle`
-(serve), `proxy.auth.keys` (keys), `proxy.usage.report` (usage) and
+(serve), `proxy.auth.keys` (keys), `proxy.usage.report` (usage; `--central`:
+`proxy.usage.sinks.pg_report`), `proxy.usage.ship` (ship, the sidecar) and
 `proxy.providers.sim.server` (sim).
 """
 
@@ -42,8 +43,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
         overrides["port"] = args.port
     if args.workers:
         overrides["workers"] = args.workers
+    from proxy.observability import metrics
+
+    metrics.prepare(config.journal_dir / "metrics", per_key=config.metrics_per_key)
     serve(dataclasses.replace(config, **overrides))
     return 0
+
+
+def cmd_ship(args: argparse.Namespace) -> int:
+    from proxy.usage.ship import NoSinkError, ship
+
+    try:
+        return ship(_config(args), once=args.once)
+    except NoSinkError as exc:
+        print(f"prometheus-gateway: {exc}", file=sys.stderr)
+        return 2
 
 
 def _checked(check: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -123,12 +137,25 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
     return 0 if done else 1
 
 
+def _central_usage(config: GatewayConfig, key_id: str | None, by: str) -> list[dict[str, Any]]:
+    from proxy.usage.sinks.pg_report import query_central_usage
+
+    dsn = config.ship.postgres_dsn or config.cluster_dsn
+    if not dsn:
+        raise ConfigError("--central needs [ship] postgres_dsn or [cluster] postgres_dsn")
+    return query_central_usage(dsn, key_id, by)
+
+
 def cmd_usage(args: argparse.Namespace) -> int:
-    conn = storage.connect(_config(args).db_path)
-    try:
-        rows = usage_report.query_usage(conn, args.key_id, args.by)
-    finally:
-        conn.close()
+    config = _config(args)
+    if args.central:
+        rows = _central_usage(config, args.key_id, args.by)
+    else:
+        conn = storage.connect(config.db_path)
+        try:
+            rows = usage_report.query_usage(conn, args.key_id, args.by)
+        finally:
+            conn.close()
     if args.json:
         _print_json(rows)
         return 0
@@ -202,7 +229,16 @@ def build_parser() -> argparse.ArgumentParser:
     usage.add_argument("--key-id")
     usage.add_argument("--by", choices=("day", "week"), default="day")
     usage.add_argument("--json", action="store_true")
+    usage.add_argument(
+        "--central", action="store_true", help="read the cluster's central ledger (PostgreSQL)"
+    )
     usage.set_defaults(func=cmd_usage)
+
+    ship = with_config(
+        sub.add_parser("ship", help="the sidecar: ship usage rows to the central ledger")
+    )
+    ship.add_argument("--once", action="store_true", help="ship what is there, then exit")
+    ship.set_defaults(func=cmd_ship)
 
     sim = sub.add_parser(
         "sim", help="serve the simulator as a standalone OpenAI-compatible upstream"

@@ -64,6 +64,33 @@ ADDED_COLUMNS = (
     ("requests", "reasoning_tokens", "INTEGER NOT NULL DEFAULT 0"),
 )
 
+# The sidecar's columns (`proxy.usage.ship_queue`), added by `migrate_ship`
+# when it first opens the file; the gateway never reads or writes them.
+# `ship_seq` is stamped on rows after they landed (live or replayed late from a
+# journal), in the sidecar's own transaction, from the `meta.ship_seq`
+# counter: monotonic, never reused after pruning, whatever order rows arrive.
+SHIP_SCHEMA = """
+CREATE TABLE IF NOT EXISTS ship_state (
+    sink      TEXT PRIMARY KEY,
+    watermark INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO meta (name, value) VALUES ('ship_seq', 0);
+CREATE INDEX IF NOT EXISTS requests_ship_seq ON requests (ship_seq);
+"""
+
+
+def migrate_ship(conn: sqlite3.Connection) -> None:
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(requests)")}
+    if "ship_seq" not in columns:
+        try:
+            conn.execute("ALTER TABLE requests ADD COLUMN ship_seq INTEGER")
+        except sqlite3.OperationalError as exc:  # another sidecar added it meanwhile
+            if "duplicate column" not in str(exc):
+                raise
+    conn.executescript(SHIP_SCHEMA)
+    conn.commit()
+
+
 PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL", "PRAGMA busy_timeout=5000")
 
 

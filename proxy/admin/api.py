@@ -125,5 +125,22 @@ async def usage(request: web.Request) -> web.Response:
     if by not in usage_report.PERIODS:
         raise errors.invalid_param("by", "'by' must be 'day' or 'week'.")
     key_id = request.query.get("key_id") or None
+    if request.query.get("central") in ("1", "true"):  # the cluster's ledger (README)
+        return json_response(await _central_usage(state, key_id, by))
     rows = await _in_db(state, lambda c: usage_report.query_usage(c, key_id, by))
     return json_response(rows)
+
+
+async def _central_usage(state: GatewayState, key_id: str | None, by: str) -> list[dict[str, Any]]:
+    from proxy.usage.sinks.pg_report import LEDGER_ERRORS, central_usage
+
+    dsn = state.config.ship.postgres_dsn or state.config.cluster_dsn
+    if not dsn:
+        raise errors.invalid_param("central", "No central ledger is configured on this node.")
+    try:
+        return await central_usage(dsn, key_id, by)
+    except LEDGER_ERRORS as exc:
+        state.log.warning("central_ledger_unavailable", error=f"{type(exc).__name__}: {exc}")
+        raise GatewayError(
+            503, "The central ledger is unavailable.", code="central_ledger_unavailable"
+        ) from None

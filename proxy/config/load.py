@@ -13,12 +13,13 @@ credentials are in the environment. The CLI, the server and the tests build a
 from __future__ import annotations
 
 import os
+import socket
 import tomllib
 from pathlib import Path
 from typing import Any
 
 from proxy.config import catalogue
-from proxy.config.model import AliasRoute, Deployment, GatewayConfig, Price
+from proxy.config.model import AliasRoute, Deployment, GatewayConfig, Price, ShipConfig
 from proxy.config.validate import config_errors
 
 
@@ -130,6 +131,28 @@ def _hedge_ms(alias: str, raw: Any, deployments: int) -> float | str | None:
     return float(raw)
 
 
+def _ship(raw: dict[str, Any], env: dict[str, str]) -> ShipConfig:
+    dsn = str(raw.get("postgres_dsn", ""))
+    if not dsn and raw.get("postgres_dsn_env"):
+        dsn = env.get(str(raw["postgres_dsn_env"]), "")
+    return ShipConfig(
+        postgres_dsn=dsn,
+        http_url=str(raw.get("http_url", "")),
+        batch_size=int(raw.get("batch_size", 500)),
+        interval_s=float(raw.get("interval_s", 1.0)),
+        retain_days=float(raw.get("retain_days", 30.0)),
+        node_id=str(raw.get("node_id", "") or socket.gethostname()),
+        metrics_port=int(raw.get("metrics_port", 0)),
+    )
+
+
+def _cluster_dsn(raw: dict[str, Any], env: dict[str, str]) -> str:
+    dsn = str(raw.get("postgres_dsn", ""))
+    if not dsn and raw.get("postgres_dsn_env"):
+        dsn = env.get(str(raw["postgres_dsn_env"]), "")
+    return dsn
+
+
 def find_config_file(explicit: str | None, env: dict[str, str]) -> Path | None:
     if explicit:
         return Path(explicit)
@@ -183,4 +206,7 @@ def load_config(path: str | None = None, env: dict[str, str] | None = None) -> G
         source=str(cfg_path) if cfg_path else "built-in defaults",
         upstream_source=upstream_source,
         warnings=tuple(warnings),
+        ship=_ship(raw.get("ship", {}), env),
+        cluster_dsn=_cluster_dsn(raw.get("cluster", {}), env),
+        metrics_per_key=bool(raw.get("metrics", {}).get("per_key", False)),
     )

@@ -64,6 +64,19 @@ class AliasRoute:
 
 
 @dataclass(frozen=True, slots=True)
+class ShipConfig:
+    """`[ship]`: the sidecar (`prometheus-gateway ship`) that ships usage upstream."""
+
+    postgres_dsn: str = field(default="", repr=False)
+    http_url: str = ""
+    batch_size: int = 500
+    interval_s: float = 1.0
+    retain_days: float = 30.0
+    node_id: str = ""  # set by load: the config's value or the host name
+    metrics_port: int = 0  # the sidecar's own /metrics; 0: none
+
+
+@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     host: str = catalogue.DEFAULT_HOST
     port: int = catalogue.DEFAULT_PORT
@@ -75,6 +88,9 @@ class GatewayConfig:
     source: str = "built-in defaults"
     upstream_source: str = "sim"  # how the default aliases are served
     warnings: tuple[str, ...] = ()
+    ship: ShipConfig = field(default_factory=ShipConfig)
+    cluster_dsn: str = field(default="", repr=False)  # `[cluster] postgres_dsn`
+    metrics_per_key: bool = False  # `[metrics] per_key`: a key_id label on /metrics
 
     @property
     def journal_dir(self) -> Path:

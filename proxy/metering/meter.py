@@ -37,6 +37,7 @@ from aiohttp import web
 
 from proxy.config.model import AliasRoute, Deployment
 from proxy.http.errors import GatewayError
+from proxy.observability import metrics
 from proxy.providers.base import Reply, Usage
 from proxy.server.state import ENDED_BY_SHUTDOWN
 from proxy.usage.writer import UsageWriter
@@ -194,5 +195,6 @@ class Meter:
         }
         self.record = record
         self._writer.append(record)
+        metrics.observe(record)
         if not self._overhead:
             request["usage"] = record

@@ -21,6 +21,7 @@ from proxy.api import audio, chat, embeddings, health, models
 from proxy.auth.key_table import KeyTable
 from proxy.config.model import GatewayConfig
 from proxy.http.middleware import gateway_middleware
+from proxy.observability import metrics
 from proxy.observability.logs import get_logger
 from proxy.providers import build_providers
 from proxy.routing.health import HealthBoard
@@ -41,6 +42,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/admin/keys/{key_id}/revoke", admin.revoke_key)
     app.router.add_get("/admin/usage", admin.usage)
     app.router.add_get("/admin/health", admin_health.health)
+    app.router.add_get("/metrics", metrics.endpoint)
 
 
 def build_app(config: GatewayConfig) -> web.Application:
