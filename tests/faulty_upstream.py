@@ -13,7 +13,7 @@ test alias's deployment names one), so one server serves every case:
 - `redirect`: a 307 to `/v1/redirect-target` on this server;
 - `trickle`: a stream that sends one content event every 0.2 s, forever;
 - `huge`: a 50 KB JSON reply, or one 10 KB SSE event;
-- `rate-limited`: a 429 with `Retry-After: 7`;
+- `rate-limited`: a 429 with `Retry-After: 7`; `rate-limited-ms`: with `retry-after-ms: 300`;
 - `slow-first-token`: a stream whose first content comes after `SLOW_FIRST_TOKEN_S`;
 - anything else: a normal reply with sane usage (and `x-ratelimit-*` headers);
 - any GET (an image URL, say) is recorded as `(path, "GET")`.
@@ -179,6 +179,8 @@ class FaultyUpstream:
             return _error(400, f"bad parameter for credential {sent[7:]}", "invalid_value")
         if model == "redirect":
             raise web.HTTPTemporaryRedirect("/v1/redirect-target")
+        if model == "rate-limited-ms":
+            return _error(429, "slow down", "rate_limit_exceeded", {"retry-after-ms": "300"})
         if model == "rate-limited":
             return _error(429, "slow down", "rate_limit_exceeded", {"Retry-After": "7"})
         if not stream:

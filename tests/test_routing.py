@@ -71,6 +71,7 @@ def _config(base_url: str) -> str:
         + dep("r-single-500", "leaky-500")
         + dep("r-ok", "ok")
         + dep("r-trickle", "trickle")
+        + dep("r-limited-ms", "rate-limited-ms")
     )
 
 
@@ -167,3 +168,14 @@ def test_a_client_that_leaves_gets_its_upstream_request_closed_within_100_ms(
     hung = wait_for(lambda: faulty.hung_up[before:], message="the upstream to see the hang-up")
     assert hung[0][0] == "trickle"
     assert hung[0][1] - left_at < 0.1
+
+
+def test_a_short_retry_after_ms_is_waited_out_and_the_deployment_tried_again(
+    client: openai.OpenAI, faulty: FaultyUpstream
+) -> None:
+    before = faulty.models_seen("/chat/completions").count("rate-limited-ms")
+    started = time.monotonic()
+    with pytest.raises(openai.RateLimitError):
+        client.chat.completions.create(model="r-limited-ms", messages=MESSAGES)
+    assert time.monotonic() - started >= 0.3  # it waited what the upstream asked
+    assert faulty.models_seen("/chat/completions").count("rate-limited-ms") - before == 2

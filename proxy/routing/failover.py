@@ -57,6 +57,19 @@ def _worth_more(err: GatewayError, last: GatewayError | None) -> bool:
     return last is None or err.status == 429 or last.status != 429
 
 
+def wait_asked(reply: Reply) -> str | None:
+    """The wait the upstream asked for, in seconds: `retry-after-ms` (OpenAI's
+    finer header) when present, else `Retry-After`."""
+    headers = reply.client_headers or {}
+    millis = next((v for k, v in headers.items() if k.lower() == "retry-after-ms"), None)
+    if millis is not None:
+        try:
+            return str(float(millis) / 1000.0)
+        except ValueError:
+            pass
+    return reply.retry_after
+
+
 def _retry_wait(attempt: int, retry_after: str | None) -> float | None:
     """Seconds to wait before trying a deployment again, or None if not worth it:
     exponential back-off with full jitter, or the upstream's Retry-After when it
@@ -106,7 +119,7 @@ async def call_upstream(
                 if not moves_on(reply.status):
                     breaker.succeeded()  # the upstream works; the request was bad
                     raise reply.error
-                err, retry_after = reply.error, reply.retry_after
+                err, retry_after = reply.error, wait_asked(reply)
             breaker.failed(time.monotonic(), err.code)
             if _worth_more(err, last):
                 last = err

@@ -123,7 +123,11 @@ class OpenAIProvider:
         retry_after = resp.headers.get("Retry-After")
         raw = await read_all(resp, ERROR_BODY_LIMIT)
         err = upstream_error(resp.status, raw, retry_after, deployment.api_key)
-        return FailedReply(resp.status, err, retry_after)
+        failed = FailedReply(resp.status, err, retry_after)
+        millis = resp.headers.get("retry-after-ms")
+        if millis is not None:
+            failed.client_headers = {"retry-after-ms": millis}
+        return failed
 
     @staticmethod
     def _not_sse(resp: aiohttp.ClientResponse) -> FailedReply | None:
