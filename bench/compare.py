@@ -9,7 +9,8 @@ and database) and stops everything it started, by PID, when it ends:
   slow sim    a second simulator at --slow-tps tokens/s (memory phase only)
   relay       bench/bare_relay.py -> simulator
   gateway     `prometheus-gateway serve --workers 1`; alias prometheus-lite ->
-              simulator, prometheus-core -> slow sim; one client key
+              simulator, prometheus-core -> slow sim; one client key; started
+              with PROMETHEUS_LOOP_LAG_PROBE=1 (unless --no-loop-probe)
 
 Each load run is its own bench/loadgen.py process, so the client never shares
 an event loop with a server. The machine may be small: with 2 cores, the
@@ -21,6 +22,10 @@ Scenarios (each against direct, relay and gateway):
   (a) non-stream chat, 64 clients           requests/s, latency
   (b) stream chat of 60 chunks, 64 clients   streams/s, latency, TTFT
   (c) one client, non-stream and stream      added latency / TTFT (p50) vs direct
+Per run: latency p50/p99/max; for the gateway also its worker's loop lag
+(p99, max), read from the probe's GET /debug/loop-lag around the run. RSS of
+the gateway's worker and of its counting process (proxy.metering.token_server),
+apart: idle, after the runs.
 Memory: --mem-streams concurrent open streams through the gateway (slow sim,
 so each stays open ~60/--slow-tps s), twice; the gateway's RSS (VmRSS, summed
 over its process tree) before, at the peak, and ~5 s after each wave.
@@ -50,6 +55,7 @@ LOADGEN = HERE / "loadgen.py"
 RELAY = HERE / "bare_relay.py"
 ALIAS = "prometheus-lite"
 SLOW_ALIAS = "prometheus-core"
+TOKEN_SERVER = "proxy.metering.token_server"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -179,10 +185,25 @@ def tree_pids(pid: int) -> list[int]:
     return out
 
 
-def rss_kb(pid: int) -> int:
-    """VmRSS in kB, summed over the process tree."""
+def cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def token_service_pids(pid: int) -> list[int]:
+    """The gateway's counting process(es) in its tree (proxy.metering.token_server)."""
+    return [p for p in tree_pids(pid) if TOKEN_SERVER in cmdline(p)]
+
+
+def rss_kb(pid: int, exclude: list[int] | None = None) -> int:
+    """VmRSS in kB, summed over the process tree (less the `exclude` PIDs)."""
     total = 0
     for p in tree_pids(pid):
+        if exclude and p in exclude:
+            continue
         try:
             with open(f"/proc/{p}/status") as f:
                 for line in f:
@@ -192,6 +213,26 @@ def rss_kb(pid: int) -> int:
         except OSError:
             pass
     return total
+
+
+def gateway_rss(pid: int) -> dict[str, int]:
+    """The gateway's RSS in kB: its workers (the tree less the counting process) and
+    the counting process on its own (0 when there is none)."""
+    service = token_service_pids(pid)
+    return {
+        "workers_kb": rss_kb(pid, exclude=service),
+        "token_service_kb": sum(rss_kb(p) for p in service),
+    }
+
+
+def loop_lag(port: int, reset: bool = False) -> dict | None:
+    """The gateway worker's loop-lag probe (PROMETHEUS_LOOP_LAG_PROBE=1), or None."""
+    url = f"http://127.0.0.1:{port}/debug/loop-lag" + ("?reset=1" if reset else "")
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return json.loads(r.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
 
 
 def cpu_s(pid: int) -> float:
@@ -345,6 +386,7 @@ def print_table(results: dict[str, dict[str, dict]], targets: list[str]) -> None
         rows.append((f"{label}: {unit}", [get(scn, t, "requests_per_s") for t in targets], 0))
         rows.append(("    latency p50 ms", [get(scn, t, "latency_ms", "p50") for t in targets], 1))
         rows.append(("    latency p99 ms", [get(scn, t, "latency_ms", "p99") for t in targets], 1))
+        rows.append(("    latency max ms", [get(scn, t, "latency_ms", "max") for t in targets], 1))
         if scn == "stream64":
             rows.append(("    TTFT p50 ms", [get(scn, t, "ttft_ms", "p50") for t in targets], 1))
             rows.append(("    TTFT p99 ms", [get(scn, t, "ttft_ms", "p99") for t in targets], 1))
@@ -357,6 +399,20 @@ def print_table(results: dict[str, dict[str, dict]], targets: list[str]) -> None
             )
         rows.append(
             ("    server CPU ms per request (see note)", [per_req_ms(scn, t) for t in targets], 3)
+        )
+        rows.append(
+            (
+                "    worker loop lag p99 ms (probe)",
+                [get(scn, t, "loop_lag_ms", "p99_ms") for t in targets],
+                1,
+            )
+        )
+        rows.append(
+            (
+                "    worker loop lag max ms (probe)",
+                [get(scn, t, "loop_lag_ms", "max_ms") for t in targets],
+                1,
+            )
         )
         rows.append(("    errors", [get(scn, t, "errors") for t in targets], 0))
         rows.append(("    client CPU, % of one core", [client_pct(scn, t) for t in targets], 0))
@@ -395,7 +451,8 @@ def print_table(results: dict[str, dict[str, dict]], targets: list[str]) -> None
 
     print(
         "note: server CPU is the process under test only (direct: the simulator itself;"
-        " relay, gateway: without the simulator behind them)."
+        " relay, gateway: without the simulator behind them). Loop lag: how late the"
+        " gateway worker's 1 ms timer fired, from warm-up start to the end of the run."
     )
     print()
     if "gateway" in targets:
@@ -404,6 +461,16 @@ def print_table(results: dict[str, dict[str, dict]], targets: list[str]) -> None
             gateway_rate = get(scenario, "gateway", "requests_per_s")
             relay_rate = get(scenario, "relay", "requests_per_s")
             print(f"  {label}  {ratio(gateway_rate, relay_rate)}")
+        for label, scenario in (
+            ("p99 latency (a)", "nonstream64"),
+            ("p99 latency (b)", "stream64"),
+        ):
+            g99, r99 = (get(scenario, t, "latency_ms", "p99") for t in ("gateway", "relay"))
+            gmax, rmax = (get(scenario, t, "latency_ms", "max") for t in ("gateway", "relay"))
+            print(
+                f"  {label} {ratio(g99, r99)}  (goal <= 1.5; p99 {fmt(g99)} vs {fmt(r99)} ms,"
+                f" max {fmt(gmax)} vs {fmt(rmax)} ms)"
+            )
     print("added at 1 client, p50, vs direct (ms):")
     for t in targets:
         if t == "direct":
@@ -428,6 +495,26 @@ def print_table(results: dict[str, dict[str, dict]], targets: list[str]) -> None
 
 
 # ---------------------------------------------------------------- main
+
+
+def rss_text(rss: dict[str, int]) -> str:
+    text = f"worker {rss['workers_kb'] / 1024:.1f} MiB"
+    if rss["token_service_kb"]:
+        text += f", counting process {rss['token_service_kb'] / 1024:.1f} MiB"
+    return text
+
+
+def print_run(scn: str, name: str, r: dict, stream: bool) -> None:
+    lat = r["latency_ms"]
+    ttft = f" TTFT p50 {fmt(r.get('ttft_ms', {}).get('p50'), 2)}" if stream else ""
+    lag = r.get("loop_lag_ms")
+    lag_text = f"  loop lag p99 {fmt(lag['p99_ms'])} max {fmt(lag['max_ms'])} ms" if lag else ""
+    print(
+        f"  {scn:12} {name:8} {r['requests_per_s']:>10,.1f}/s  p50 {fmt(lat['p50'], 2)}"
+        f" p99 {fmt(lat['p99'])} max {fmt(lat['max'])} ms{ttft}{lag_text}  errors {r['errors']}"
+        f"  (client CPU {r['client_cpu_s']} s, server CPU {r['server_cpu_s']} s)",
+        flush=True,
+    )
 
 
 def write_config(tmp: Path, gw_port: int, sim_port: int, slow_port: int) -> Path:
@@ -489,6 +576,7 @@ def memory_phase(
     open_s = 60 / tps if tps > 0 else 0
     out: dict = {"streams": streams, "tokens_per_second": tps, "waves": []}
     out["rss_before_kb"] = rss_kb(gw_proc.pid)
+    out["rss_before"] = gateway_rss(gw_proc.pid)
     print(
         f"\nmemory: {streams} concurrent streams through the gateway, each open ~{open_s:.0f} s "
         f"(slow sim at {tps} tokens/s); gateway RSS before: {out['rss_before_kb'] / 1024:.1f} MiB",
@@ -546,6 +634,7 @@ def memory_phase(
             }
         time.sleep(5)
         after = rss_kb(gw_proc.pid)
+        split = gateway_rss(gw_proc.pid)
         w = {
             "wave": wave,
             "peak_open_client_conns": peak_open,
@@ -553,6 +642,7 @@ def memory_phase(
             "rss_peak_kb": peak_rss,
             "rss_at_peak_open_kb": rss_at_full,
             "rss_5s_after_kb": after,
+            "rss_5s_after": split,
             "ok": res.get("requests_ok"),
             "errors": res.get("errors"),
             "error_messages": res.get("error_messages"),
@@ -564,7 +654,8 @@ def memory_phase(
         print(
             f"  wave {wave}: open at peak {peak_open} client / {peak_up} upstream conns; "
             f"{w['ok']} ok, {w['errors']} errors; stream p50 {fmt(w['latency_ms_p50'], 0)} ms; "
-            f"RSS peak {peak_rss / 1024:.1f} MiB, 5 s after {after / 1024:.1f} MiB",
+            f"RSS peak {peak_rss / 1024:.1f} MiB, 5 s after {after / 1024:.1f} MiB"
+            f" ({rss_text(split)})",
             flush=True,
         )
         for m, n in (w["error_messages"] or {}).items():
@@ -594,6 +685,11 @@ def main() -> int:
         help="slow simulator's tokens/s for the memory phase (60 tokens -> 60/tps s open)",
     )
     p.add_argument("--no-memory", action="store_true", help="skip the memory phase")
+    p.add_argument(
+        "--no-loop-probe",
+        action="store_true",
+        help="start the gateway without its loop-lag probe (PROMETHEUS_LOOP_LAG_PROBE)",
+    )
     p.add_argument("--no-gateway", action="store_true", help="only direct vs relay")
     p.add_argument("--memory-only", action="store_true", help="skip the throughput runs")
     p.add_argument("--json-out", help="also write all results to this JSON file")
@@ -675,10 +771,12 @@ def main() -> int:
                     "--workers",
                     "1",
                 ],
-                gw_env,
+                {**gw_env, "PROMETHEUS_LOOP_LAG_PROBE": "0" if a.no_loop_probe else "1"},
             )
             wait_healthz(gw_port, gw_proc)
+            time.sleep(1.0)  # let start-up settle (the counting process, the first GC)
             all_results["gateway_rss_idle_kb"] = rss_kb(gw_proc.pid)
+            all_results["gateway_rss_idle"] = gateway_rss(gw_proc.pid)
             targets["gateway"] = (f"http://127.0.0.1:{gw_port}/v1", key, ALIAS, gw_proc.pid)
 
         names = list(targets)
@@ -688,8 +786,9 @@ def main() -> int:
             flush=True,
         )
         if gw_proc is not None:
-            idle_mib = all_results["gateway_rss_idle_kb"] / 1024
-            print(f"gateway pid {gw_proc.pid}, idle RSS {idle_mib:.1f} MiB")
+            print(
+                f"gateway pid {gw_proc.pid}, idle RSS: {rss_text(all_results['gateway_rss_idle'])}"
+            )
         scenarios = [
             ("nonstream64", dict(concurrency=a.concurrency, stream=False, duration=a.duration)),
             ("stream64", dict(concurrency=a.concurrency, stream=True, duration=a.duration)),
@@ -701,17 +800,20 @@ def main() -> int:
             results[scn] = {}
             for name in names:
                 url, k, model, pid = targets[name]
+                probe = name == "gateway" and not a.no_loop_probe
+                if probe:
+                    loop_lag(gw_port, reset=True)  # a new window: warm-up and run
                 r = loadgen(url, api_key=k, model=model, warmup=a.warmup, watch=[pid], **kw)
+                if probe:
+                    r["loop_lag_ms"] = loop_lag(gw_port)
                 results[scn][name] = r
-                extra = (
-                    f" TTFT p50 {fmt(r.get('ttft_ms', {}).get('p50'), 2)}" if kw["stream"] else ""
-                )
-                print(
-                    f"  {scn:12} {name:8} {r['requests_per_s']:>10,.1f}/s  p50 "
-                    f"{fmt(r['latency_ms']['p50'], 2)} ms{extra}  errors {r['errors']}  "
-                    f"(client CPU {r['client_cpu_s']} s, server CPU {r['server_cpu_s']} s)",
-                    flush=True,
-                )
+                print_run(scn, name, r, kw["stream"])
+        if gw_proc is not None and results:
+            all_results["gateway_rss_after_runs"] = gateway_rss(gw_proc.pid)
+            print(
+                "gateway RSS after the runs: " + rss_text(all_results["gateway_rss_after_runs"]),
+                flush=True,
+            )
         all_results["runs"] = results
         if results:
             print_table(results, names)

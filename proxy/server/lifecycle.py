@@ -17,6 +17,7 @@ from aiohttp import web
 
 from proxy import storage
 from proxy.config.model import GatewayConfig
+from proxy.observability import loop_lag
 from proxy.observability.logs import configure_logging, get_logger
 from proxy.server.app import build_app
 from proxy.server.supervisor import supervise
@@ -61,8 +62,10 @@ def run_worker(config: GatewayConfig, reuse_port: bool) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the supervisor's handler
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     configure_logging()
+    app = build_app(config)
+    loop_lag.install(app)  # opt-in (PROMETHEUS_LOOP_LAG_PROBE=1), for the bench
     web.run_app(
-        build_app(config),
+        app,
         host=config.host,
         port=config.port,
         reuse_port=reuse_port,
