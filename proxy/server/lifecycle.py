@@ -17,6 +17,7 @@ from aiohttp import web
 
 from proxy import storage
 from proxy.config.model import GatewayConfig
+from proxy.metering import token_service
 from proxy.observability import loop_lag
 from proxy.observability.logs import configure_logging, get_logger
 from proxy.server.app import build_app
@@ -91,6 +92,7 @@ def serve(config: GatewayConfig) -> None:
         workers=config.workers,
         pid=os.getpid(),
     )
+    token_service.start()  # one tokenizer for all workers; stopped at exit, after them
     if config.workers <= 1:
         run_worker(config, reuse_port=False)
         return
