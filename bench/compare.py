@@ -36,12 +36,14 @@ over its process tree) before, at the peak, and ~5 s after each wave.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import resource
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -233,6 +235,17 @@ def loop_lag(port: int, reset: bool = False) -> dict | None:
             return json.loads(r.read())
     except (urllib.error.URLError, OSError, ValueError):
         return None
+
+
+def wait_settled(proc: subprocess.Popen[bytes], log: Path, timeout: float = 20.0) -> None:
+    """After /healthz: a second for start-up to settle, and, where the gateway has a
+    counting process, until it has loaded its encodings (it logs `tokenizer_loaded`)."""
+    time.sleep(1.0)
+    if not token_service_pids(proc.pid):
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and b'"tokenizer_loaded"' not in log.read_bytes():
+        time.sleep(0.1)
 
 
 def cpu_s(pid: int) -> float:
@@ -564,6 +577,51 @@ def sim_command(gw: list[str] | None, port: int, tps: float) -> list[str]:
     ]
 
 
+def first_count_phase(gw_port: int, key: str, db: Path) -> dict | None:
+    """On the idle gateway: one stream the client cuts after its first event, so
+    that the worker needs its first local token count; the probe's loop lag
+    across it (before the counting process, the worker built the encoding itself:
+    a 100-230 ms stall of its loop)."""
+    if loop_lag(gw_port, reset=True) is None:
+        return None
+    body = json.dumps(
+        {
+            "model": SLOW_ALIAS,
+            "stream": True,
+            "messages": [{"role": "user", "content": "Say something about gateways."}],
+        }
+    )
+    conn = http.client.HTTPConnection("127.0.0.1", gw_port, timeout=30)
+    t0 = time.monotonic()
+    try:
+        conn.request(
+            "POST",
+            "/v1/chat/completions",
+            body=body,
+            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+        )
+        resp = conn.getresponse()
+        while not resp.fp.readline().startswith(b"data:"):
+            pass
+    finally:
+        conn.close()  # the client leaves mid-stream
+    billed = None
+    while time.monotonic() - t0 < 30 and not billed:
+        time.sleep(0.1)
+        with sqlite3.connect(db, timeout=10) as c:
+            billed = c.execute(
+                "SELECT output_tokens, usage_source FROM requests WHERE status = 499"
+            ).fetchone()
+    out = loop_lag(gw_port) or {}
+    out["billed"] = billed
+    print(
+        f"first local count (one cut stream, idle gateway): worker loop lag max "
+        f"{fmt(out.get('max_ms'))} ms, p99 {fmt(out.get('p99_ms'))} ms; billed {billed}",
+        flush=True,
+    )
+    return out
+
+
 def memory_phase(
     gw_proc: subprocess.Popen[bytes],
     gw_port: int,
@@ -691,6 +749,11 @@ def main() -> int:
         help="start the gateway without its loop-lag probe (PROMETHEUS_LOOP_LAG_PROBE)",
     )
     p.add_argument("--no-gateway", action="store_true", help="only direct vs relay")
+    p.add_argument(
+        "--first-count-only",
+        action="store_true",
+        help="only the worker's loop lag across its first local count (one cut stream)",
+    )
     p.add_argument("--memory-only", action="store_true", help="skip the throughput runs")
     p.add_argument("--json-out", help="also write all results to this JSON file")
     p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (logs, config)")
@@ -703,6 +766,8 @@ def main() -> int:
 
     gw = gateway_command()
     use_gateway = not a.no_gateway and gw is not None
+    if a.first_count_only and (not use_gateway or a.no_loop_probe):
+        p.error("--first-count-only needs the gateway and its loop-lag probe")
     if gw is None and not a.no_gateway:
         print(
             "note: `prometheus-gateway` not found next to this Python and `proxy.cli` not "
@@ -774,7 +839,7 @@ def main() -> int:
                 {**gw_env, "PROMETHEUS_LOOP_LAG_PROBE": "0" if a.no_loop_probe else "1"},
             )
             wait_healthz(gw_port, gw_proc)
-            time.sleep(1.0)  # let start-up settle (the counting process, the first GC)
+            wait_settled(gw_proc, tmp / "gateway.log")
             all_results["gateway_rss_idle_kb"] = rss_kb(gw_proc.pid)
             all_results["gateway_rss_idle"] = gateway_rss(gw_proc.pid)
             targets["gateway"] = (f"http://127.0.0.1:{gw_port}/v1", key, ALIAS, gw_proc.pid)
@@ -795,8 +860,10 @@ def main() -> int:
             ("nonstream1", dict(concurrency=1, stream=False, duration=max(2.0, a.duration / 2))),
             ("stream1", dict(concurrency=1, stream=True, duration=max(2.0, a.duration / 2))),
         ]
+        if a.first_count_only:
+            all_results["first_count"] = first_count_phase(gw_port, key, tmp / "bench.db")
         results: dict[str, dict[str, dict]] = {}
-        for scn, kw in [] if a.memory_only else scenarios:
+        for scn, kw in [] if a.memory_only or a.first_count_only else scenarios:
             results[scn] = {}
             for name in names:
                 url, k, model, pid = targets[name]
@@ -818,7 +885,7 @@ def main() -> int:
         if results:
             print_table(results, names)
 
-        if gw_proc is not None and not a.no_memory:
+        if gw_proc is not None and not a.no_memory and not a.first_count_only:
             all_results["memory"] = memory_phase(
                 gw_proc, gw_port, slow_port, key, mem_streams, a.slow_tps
             )

@@ -220,8 +220,11 @@ def test_a_hung_counting_process_times_out_to_in_process_counting(
         gw.stop()
 
 
-def test_the_counting_process_stops_after_the_gateway(tmp_path: Path, upstream: Upstream) -> None:
-    gw = _start(tmp_path, upstream, workers=2)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_counting_process_stops_after_the_gateway(
+    tmp_path: Path, upstream: Upstream, workers: int
+) -> None:
+    gw = _start(tmp_path, upstream, workers=workers)
     service = _service_pid(gw)
     socket_path = Path(_events(gw, "token_service_started")[0]["socket"])
     assert socket_path.exists()

@@ -6,9 +6,10 @@ descriptor N and a pipe as stdin. It answers each connection on a thread of
 its own: one frame in (`{"op": "chat", "body", "text", "encoding"}` or
 `{"op": "embedding", "input", "encoding"}`), one frame out (`{"ok": counts}`
 or `{"error": "..."}`), counted by the same functions of
-`proxy.metering.tokens` that a worker would use in-process. An encoding is
-loaded on its first use (so a machine that never counts locally never pays
-its memory), once, and logged (`tokenizer_loaded`, with this process's PID).
+`proxy.metering.tokens` that a worker would use in-process. The encodings
+named by `--preload` (those of the config's deployments) are loaded at start
+on a background thread, any other on its first use; each once, and logged
+(`tokenizer_loaded`, with this process's PID and RSS).
 
 SIGINT and SIGTERM are ignored: the workers may still need counts while they
 drain, and the gateway stops this process after them by closing the pipe. It
@@ -75,6 +76,14 @@ def _ensure_loaded(name: str) -> None:
         )
 
 
+def _preload(names: list[str]) -> None:
+    for name in names:
+        try:
+            _ensure_loaded(name)
+        except Exception as exc:  # an unknown name, say: counts for it will say so too
+            get_logger().warning("tokenizer_not_loaded", encoding=name, error=repr(exc))
+
+
 def count(request: dict[str, Any]) -> Any:
     """One request's counts, as `tokens.count_locally` / `count_embedding_locally`
     would give them in-process."""
@@ -138,6 +147,7 @@ def _accept_forever(listener: socket.socket) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="the gateway's token-counting process")
     parser.add_argument("--fd", type=int, required=True, help="the listening unix socket")
+    parser.add_argument("--preload", default="", help="encodings to load at once, comma-separated")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -145,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     listener = socket.socket(fileno=args.fd)
     threading.Thread(target=_accept_forever, args=(listener,), daemon=True).start()
     get_logger().info("token_service_ready", pid=os.getpid(), rss_mib=_rss_mib())
+    preload = [name for name in args.preload.split(",") if name]
+    threading.Thread(target=_preload, args=(preload,), daemon=True).start()
     while os.read(0, 4096):  # until EOF: the gateway closed the pipe, or is gone
         pass
     _remove_socket(listener)

@@ -1,6 +1,6 @@
 """One tokenizer per machine: the counting process, and the workers' way to it.
 
-Where it sits: `proxy.server.lifecycle.serve` calls `start()` once, before any
+Where it sits: `proxy.server.lifecycle.serve` calls `start(config)` once, before any
 worker runs (forked or in-process); it starts `proxy.metering.token_server`, a
 small process of its own, and stops it when the serving process exits, that
 is after the workers have drained. `proxy.metering.tokens.count_locally` and
@@ -43,6 +43,7 @@ from typing import Any
 
 import orjson
 
+from proxy.config.model import GatewayConfig
 from proxy.observability.logs import get_logger
 
 TIMEOUT_S = 5.0
@@ -80,13 +81,18 @@ class _Service:
 _service: _Service | None = None
 
 
-def start() -> int | None:
+def start(config: GatewayConfig) -> int | None:
     """Start the machine's counting process (once); its PID, or None if it could not
-    start (then every worker counts in-process, as before). It is stopped at exit."""
+    start (then every worker counts in-process, as before). It is stopped at exit.
+
+    It loads the encodings the config's deployments name at once, in the background:
+    that costs ~0.2-0.5 s of CPU while the gateway starts instead of in the middle of
+    the first burst of cut streams (and the first count does not wait for it)."""
     global _socket_path, _service
     if _service is not None:
         return _service.proc.pid
     log = get_logger()
+    encodings = sorted({d.encoding for r in config.routes.values() for d in r.deployments})
     sock_dir = Path(tempfile.mkdtemp(prefix="prometheus-tokens-"))
     path = sock_dir / "count.sock"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -94,7 +100,15 @@ def start() -> int | None:
         listener.bind(str(path))
         listener.listen(512)
         proc = subprocess.Popen(
-            [sys.executable, "-m", SERVER_MODULE, "--fd", str(listener.fileno())],
+            [
+                sys.executable,
+                "-m",
+                SERVER_MODULE,
+                "--fd",
+                str(listener.fileno()),
+                "--preload",
+                ",".join(encodings),
+            ],
             stdin=subprocess.PIPE,
             pass_fds=(listener.fileno(),),
         )

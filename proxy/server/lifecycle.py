@@ -92,7 +92,7 @@ def serve(config: GatewayConfig) -> None:
         workers=config.workers,
         pid=os.getpid(),
     )
-    token_service.start()  # one tokenizer for all workers; stopped at exit, after them
+    token_service.start(config)  # one tokenizer for all workers; stopped at exit, after them
     if config.workers <= 1:
         run_worker(config, reuse_port=False)
         return
