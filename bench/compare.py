@@ -237,6 +237,24 @@ def loop_lag(port: int, reset: bool = False) -> dict | None:
         return None
 
 
+def cpu_wait_s(pid: int) -> float:
+    """Seconds the process tree's threads spent runnable but waiting for a CPU
+    (/proc/PID/task/TID/schedstat, 2nd field): how oversubscribed the machine was."""
+    total = 0
+    for p in tree_pids(pid):
+        try:
+            tids = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{p}/task/{tid}/schedstat") as f:
+                    total += int(f.read().split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    return total / 1e9
+
+
 def wait_settled(proc: subprocess.Popen[bytes], log: Path, timeout: float = 20.0) -> None:
     """After /healthz: a second for start-up to settle, and, where the gateway has a
     counting process, until it has loaded its encodings (it logs `tokenizer_loaded`)."""
@@ -322,6 +340,7 @@ def loadgen(
     watch = watch or []
     before_children = resource.getrusage(resource.RUSAGE_CHILDREN)
     before = [cpu_s(p) for p in watch]
+    wait_before = [cpu_wait_s(p) for p in watch]
     limit = (duration or 0) + warmup + timeout + 15
     try:
         done = subprocess.run(cmd, capture_output=True, timeout=limit)
@@ -337,6 +356,7 @@ def loadgen(
             "error_messages": {f"loadgen killed after {limit:.0f} s": 1},
         }
     after = [cpu_s(p) for p in watch]
+    wait_after = [cpu_wait_s(p) for p in watch]
     after_children = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode not in (0, 1) or not done.stdout.strip():
         raise RuntimeError(f"loadgen failed ({done.returncode}): {done.stderr.decode()[-800:]}")
@@ -348,6 +368,8 @@ def loadgen(
         3,
     )
     res["server_cpu_s"] = round(sum(a - b for a, b in zip(after, before, strict=True)), 3)
+    waited = sum(a - b for a, b in zip(wait_after, wait_before, strict=True))
+    res["server_cpu_wait_s"] = round(waited, 3)
     return res
 
 
@@ -385,6 +407,11 @@ def print_table(results: dict[str, dict[str, dict]], targets: list[str]) -> None
         cpu, n = get(scn, tgt, "server_cpu_s"), get(scn, tgt, "requests_ok")
         return None if cpu is None or not n else cpu * 1000.0 / n
 
+    def cpu_wait_pct(scn: str, tgt: str) -> float | None:
+        waited, el = get(scn, tgt, "server_cpu_wait_s"), get(scn, tgt, "elapsed_s")
+        wu = get(scn, tgt, "warmup_s") or 0.0
+        return None if waited is None or not el else 100.0 * waited / (el + wu)
+
     def client_pct(scn: str, tgt: str) -> float | None:
         cpu, el = get(scn, tgt, "client_cpu_s"), get(scn, tgt, "elapsed_s")
         wu = get(scn, tgt, "warmup_s") or 0.0
@@ -414,15 +441,18 @@ def print_table(results: dict[str, dict[str, dict]], targets: list[str]) -> None
             ("    server CPU ms per request (see note)", [per_req_ms(scn, t) for t in targets], 3)
         )
         rows.append(
+            ("    server waited for a CPU, % of run", [cpu_wait_pct(scn, t) for t in targets], 0)
+        )
+        rows.append(
             (
-                "    worker loop lag p99 ms (probe)",
+                "    loop lag p99 ms (probe)",
                 [get(scn, t, "loop_lag_ms", "p99_ms") for t in targets],
                 1,
             )
         )
         rows.append(
             (
-                "    worker loop lag max ms (probe)",
+                "    loop lag max ms (probe)",
                 [get(scn, t, "loop_lag_ms", "max_ms") for t in targets],
                 1,
             )
@@ -465,7 +495,9 @@ def print_table(results: dict[str, dict[str, dict]], targets: list[str]) -> None
     print(
         "note: server CPU is the process under test only (direct: the simulator itself;"
         " relay, gateway: without the simulator behind them). Loop lag: how late the"
-        " gateway worker's 1 ms timer fired, from warm-up start to the end of the run."
+        " server's 1 ms timer fired (the same probe in relay and gateway), from warm-up start"
+        " to the end of the run. Waited for a CPU: runnable but not running (summed over"
+        " its threads), the machine's oversubscription as the server felt it."
     )
     print()
     if "gateway" in targets:
@@ -797,9 +829,12 @@ def main() -> int:
                 "--upstream",
                 f"http://127.0.0.1:{sim_port}/v1",
             ],
-            env,
+            # the same probe as the gateway's, as a control: the loop lag a bare
+            # aiohttp relay sees on this machine at this moment
+            {**env, "PROMETHEUS_LOOP_LAG_PROBE": "0" if a.no_loop_probe else "1"},
         )
         wait_port(relay_port, relay, "relay")
+        probes = {"relay": relay_port}
 
         targets: dict[str, tuple[str, str, str, int]] = {
             "direct": (f"http://127.0.0.1:{sim_port}/v1", "", "sim-model", sim.pid),
@@ -843,6 +878,7 @@ def main() -> int:
             all_results["gateway_rss_idle_kb"] = rss_kb(gw_proc.pid)
             all_results["gateway_rss_idle"] = gateway_rss(gw_proc.pid)
             targets["gateway"] = (f"http://127.0.0.1:{gw_port}/v1", key, ALIAS, gw_proc.pid)
+            probes["gateway"] = gw_port
 
         names = list(targets)
         print(
@@ -867,12 +903,12 @@ def main() -> int:
             results[scn] = {}
             for name in names:
                 url, k, model, pid = targets[name]
-                probe = name == "gateway" and not a.no_loop_probe
+                probe = None if a.no_loop_probe else probes.get(name)
                 if probe:
-                    loop_lag(gw_port, reset=True)  # a new window: warm-up and run
+                    loop_lag(probe, reset=True)  # a new window: warm-up and run
                 r = loadgen(url, api_key=k, model=model, warmup=a.warmup, watch=[pid], **kw)
                 if probe:
-                    r["loop_lag_ms"] = loop_lag(gw_port)
+                    r["loop_lag_ms"] = loop_lag(probe)
                 results[scn][name] = r
                 print_run(scn, name, r, kw["stream"])
         if gw_proc is not None and results:

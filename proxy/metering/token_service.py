@@ -2,16 +2,18 @@
 
 Where it sits: `proxy.server.lifecycle.serve` calls `start(config)` once, before any
 worker runs (forked or in-process); it starts `proxy.metering.token_server`, a
-small process of its own, and stops it when the serving process exits, that
-is after the workers have drained. `proxy.metering.tokens.count_locally` and
+small process of its own that loads the encodings the config names in the
+background, and stops it when the serving process exits, that is after the
+workers have drained. `proxy.metering.tokens.count_locally` and
 `count_embedding_locally` ask it first (`ask`) and count in-process on a
 thread (as before) only when it does not answer.
 
-Why a process: building a tiktoken encoding holds the GIL for 100-230 ms at a
-stretch. On a worker's thread that stops the worker's event loop, and every
-request in flight waits (the p99 tail of the first cut stream after start).
-In the counting process it stops nobody, and an encoding's ~50 MiB exist once
-per machine instead of once per worker.
+Why a process: building a tiktoken encoding holds the GIL for 0.1-0.4 s at a
+stretch (measured: `bench/compare.py --first-count-only`). On a worker's
+thread that stops the worker's event loop, and every request in flight waits
+(the latency tail after the first cut stream). In the counting process it
+stops nobody, and an encoding's ~50 MiB (o200k_base) exist once per gateway
+instead of once per worker.
 
 Transport: a unix socket in a private temp dir (0700); no network at all. This
 process binds and listens before the counting process starts and hands it the
@@ -93,26 +95,23 @@ def start(config: GatewayConfig) -> int | None:
         return _service.proc.pid
     log = get_logger()
     encodings = sorted({d.encoding for r in config.routes.values() for d in r.deployments})
-    sock_dir = Path(tempfile.mkdtemp(prefix="prometheus-tokens-"))
+    try:
+        sock_dir = Path(tempfile.mkdtemp(prefix="prometheus-tokens-"))  # mode 0700
+    except OSError as exc:
+        log.warning("token_service_not_started", error=str(exc), counting="in-process")
+        return None
     path = sock_dir / "count.sock"
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         listener.bind(str(path))
         listener.listen(512)
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                SERVER_MODULE,
-                "--fd",
-                str(listener.fileno()),
-                "--preload",
-                ",".join(encodings),
-            ],
+            [sys.executable, "-m", SERVER_MODULE, "--fd", str(listener.fileno())]
+            + ["--preload", ",".join(encodings)],
             stdin=subprocess.PIPE,
             pass_fds=(listener.fileno(),),
         )
-    except OSError as exc:
+    except OSError as exc:  # a socket path too long, no processes left...
         log.warning("token_service_not_started", error=str(exc), counting="in-process")
         shutil.rmtree(sock_dir, ignore_errors=True)
         return None
