@@ -20,6 +20,7 @@ from proxy.api import chat, embeddings, health, models
 from proxy.auth.key_table import KeyTable
 from proxy.config.model import GatewayConfig
 from proxy.http.middleware import gateway_middleware
+from proxy.observability import loop_lag
 from proxy.observability.logs import get_logger
 from proxy.providers import build_providers
 from proxy.server.state import STATE, GatewayState
@@ -42,6 +43,7 @@ def add_routes(app: web.Application) -> None:
 def build_app(config: GatewayConfig) -> web.Application:
     app = web.Application(middlewares=[gateway_middleware], client_max_size=config.max_body_bytes)
     add_routes(app)
+    loop_lag.install(app)  # only with PROMETHEUS_LOOP_LAG_PROBE=1 (the bench's probe)
     background: list[asyncio.Task[None]] = []
 
     async def startup(app: web.Application) -> None:

@@ -18,7 +18,6 @@ from aiohttp import web
 from proxy import storage
 from proxy.config.model import GatewayConfig
 from proxy.metering import token_service
-from proxy.observability import loop_lag
 from proxy.observability.logs import configure_logging, get_logger
 from proxy.server.app import build_app
 from proxy.server.supervisor import supervise
@@ -63,10 +62,8 @@ def run_worker(config: GatewayConfig, reuse_port: bool) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the supervisor's handler
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     configure_logging()
-    app = build_app(config)
-    loop_lag.install(app)  # opt-in (PROMETHEUS_LOOP_LAG_PROBE=1), for the bench
     web.run_app(
-        app,
+        build_app(config),
         host=config.host,
         port=config.port,
         reuse_port=reuse_port,
