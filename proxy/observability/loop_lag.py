@@ -1,7 +1,7 @@
 """An opt-in probe of a worker's event-loop lag, for benchmarks and diagnosis.
 
-Off unless `PROMETHEUS_LOOP_LAG_PROBE=1` is in the environment; then it costs
-nothing at all (no task, no route). `proxy.server.app.build_app` calls
+Off unless `PROMETHEUS_LOOP_LAG_PROBE=1` is in the environment, and off it
+costs nothing at all (no task, no route). `proxy.server.app.build_app` calls
 `install(app)` on each worker's app. When on, a task sleeps `INTERVAL_S` again
 and again and records by how much each wake-up came late: anything that holds
 the loop (a blocking call, a thread holding the GIL) shows up as lag. Lags are
