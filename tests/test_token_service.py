@@ -13,8 +13,13 @@ exact, and logged), and no counting process left behind after the gateway.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -263,5 +268,68 @@ def test_offline_counts_go_through_the_counting_process(tmp_path: Path, upstream
         )
         assert [e["pid"] for e in _events(gw, "tokenizer_loaded")] == [service]
         assert not _events(gw, "token_service_unavailable")
+    finally:
+        gw.stop()
+
+
+def _refuses(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    except OSError:
+        return True
+    return False
+
+
+def test_the_counting_process_outlives_the_draining_workers(
+    tmp_path: Path, upstream: Upstream
+) -> None:
+    """SIGTERM with a stream in flight: the workers stop listening and drain, and
+    the counting process stays up as long as any of them runs (they may still need
+    a count), then stops."""
+    gw = _start(tmp_path, upstream, workers=2)
+    assert gw.proc is not None
+    service = _service_pid(gw)
+    workers = _worker_pids(gw)
+    key = gw.create_key("drain")
+    client = openai.OpenAI(base_url=gw.base_url, api_key=key["key"], max_retries=0, timeout=30)
+    with client.chat.completions.create(
+        model="prometheus-lite", stream=True, messages=STORY
+    ) as stream:
+        next(iter(stream))  # the stream is open, and held by the upstream
+        gw.proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: _refuses(gw.port), message="the workers to stop listening")
+        # the held stream keeps a worker draining: the counting process must stay
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            if any(not _gone(w) for w in workers):
+                assert not _gone(service), "the counting process stopped before the workers"
+            time.sleep(0.02)
+        assert any(not _gone(w) for w in workers), "no worker was draining"
+    # the client left: the last worker finishes, then the gateway stops the process
+    gw.proc.wait(30)
+    assert all(_gone(w) for w in workers) and _gone(service)
+    assert [e["pid"] for e in _events(gw, "token_service_stopped")] == [service]
+    assert not _events(gw, "token_service_unavailable")
+
+
+def test_the_loop_lag_probe_is_opt_in(
+    tmp_path: Path, upstream: Upstream, gateway: GatewayProcess
+) -> None:
+    """Off by default (no route); with PROMETHEUS_LOOP_LAG_PROBE=1 a worker answers its
+    loop lag (what bench/compare.py reads)."""
+    with pytest.raises(urllib.error.HTTPError) as off:
+        urllib.request.urlopen(f"{gateway.root_url}/debug/loop-lag", timeout=10)
+    assert off.value.code == 404
+    gw = _start(tmp_path, upstream, workers=1, env={"PROMETHEUS_LOOP_LAG_PROBE": "1"})
+    try:
+
+        def lag() -> dict[str, Any]:
+            url = f"{gw.root_url}/debug/loop-lag"
+            with urllib.request.urlopen(url, timeout=10) as r:
+                return dict(json.loads(r.read()))
+
+        first = wait_for(lambda: (got := lag())["samples"] > 10 and got, message="samples")
+        assert first["pid"] == _worker_pids(gw)[0]
+        assert 0 <= first["p50_ms"] <= first["p99_ms"] <= first["max_ms"]
     finally:
         gw.stop()
