@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -333,3 +335,35 @@ def test_the_loop_lag_probe_is_opt_in(
         assert 0 <= first["p50_ms"] <= first["p99_ms"] <= first["max_ms"]
     finally:
         gw.stop()
+
+
+def test_socket_dirs_left_by_killed_gateways_are_swept_at_start(
+    tmp_path: Path, upstream: Upstream
+) -> None:
+    """SIGKILL to a gateway and its counting process leaves their socket dir behind;
+    the next gateway to start removes such dirs, and leaves a live one alone."""
+    tmpdir = Path(tempfile.mkdtemp(prefix="tk"))  # short: a unix socket path has a limit
+    try:
+        old = time.time() - 3600
+        dead = tmpdir / "prometheus-tokens-dead0000"
+        dead.mkdir()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.bind(str(dead / "count.sock"))  # bound, then closed: nobody listens
+        live = tmpdir / "prometheus-tokens-live0000"
+        live.mkdir()
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(str(live / "count.sock"))
+        listener.listen()
+        for d in (dead, live):
+            os.utime(d, (old, old))
+        gw = _start(tmp_path, upstream, workers=1, env={"TMPDIR": str(tmpdir)})
+        try:
+            assert not dead.exists()
+            assert live.exists()
+            mine = Path(_events(gw, "token_service_started")[0]["socket"])
+            assert mine.parent.parent == tmpdir and mine.exists()
+        finally:
+            gw.stop()
+            listener.close()
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)

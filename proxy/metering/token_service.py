@@ -26,7 +26,9 @@ Robustness: a count the process does not answer (gone, refused, slower than
 record is lost; after such a failure a worker skips the process for
 `RETRY_AFTER_S` (one log line per failure, not one per count). The process
 watches its stdin, a pipe whose write end only this process and its forked
-workers hold: when the last of them is gone, even by SIGKILL, it exits.
+workers hold: when the last of them is gone, even by SIGKILL, it exits (and
+removes its socket dir; a dir left by a SIGKILL to both is swept by the next
+gateway's `start`).
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ RETRY_AFTER_S = 5.0
 STOP_WAIT_S = 5.0
 SERVER_MODULE = "proxy.metering.token_server"
 MAX_FRAME = 1 << 30
+DIR_PREFIX = "prometheus-tokens-"
+STALE_AFTER_S = 60.0
 
 _socket_path: str | None = None  # set by start(); forked workers inherit it
 _down_until = 0.0  # monotonic time before which this worker does not ask
@@ -95,8 +99,9 @@ def start(config: GatewayConfig) -> int | None:
         return _service.proc.pid
     log = get_logger()
     encodings = sorted({d.encoding for r in config.routes.values() for d in r.deployments})
+    _sweep_stale_dirs()
     try:
-        sock_dir = Path(tempfile.mkdtemp(prefix="prometheus-tokens-"))  # mode 0700
+        sock_dir = Path(tempfile.mkdtemp(prefix=DIR_PREFIX))  # mode 0700
     except OSError as exc:
         log.warning("token_service_not_started", error=str(exc), counting="in-process")
         return None
@@ -122,6 +127,24 @@ def start(config: GatewayConfig) -> int | None:
     atexit.register(stop)
     log.info("token_service_started", pid=proc.pid, socket=_socket_path)
     return proc.pid
+
+
+def _sweep_stale_dirs() -> None:
+    """Remove the socket dirs of counting processes that died with their gateway
+    (SIGKILL to both leaves the dir behind): ours, older than `STALE_AFTER_S`,
+    whose socket nobody listens on."""
+    for sock_dir in Path(tempfile.gettempdir()).glob(DIR_PREFIX + "*"):
+        try:
+            st = sock_dir.stat()
+            if st.st_uid != os.getuid() or time.time() - st.st_mtime < STALE_AFTER_S:
+                continue
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                probe.settimeout(0.5)
+                probe.connect(str(sock_dir / "count.sock"))
+        except (ConnectionRefusedError, FileNotFoundError):
+            shutil.rmtree(sock_dir, ignore_errors=True)
+        except OSError:
+            continue  # alive, busy, or not ours to judge
 
 
 def stop() -> None:
