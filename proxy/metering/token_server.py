@@ -13,9 +13,9 @@ on a background thread, any other on its first use; each once, and logged
 
 SIGINT and SIGTERM are ignored: the workers may still need counts while they
 drain, and the gateway stops this process after them by closing the pipe. It
-exits at EOF on stdin, which also comes when the gateway died without
-stopping it (nothing else holds the pipe's write end). It never opens a
-network connection.
+exits at EOF on stdin, which also comes when the gateway and all its workers
+died without stopping it (nobody else holds the pipe's write end). It never
+opens a network connection.
 """
 
 from __future__ import annotations
