@@ -52,6 +52,11 @@ def build_app(upstream: str) -> web.Application:
     app.router.add_post("/v1/{path:.*}", relay)
     app.on_startup.append(start)
     app.on_cleanup.append(stop)
+    try:  # the gateway's opt-in loop-lag probe, as a control (PROMETHEUS_LOOP_LAG_PROBE=1)
+        from proxy.observability import loop_lag
+    except ImportError:
+        return app
+    loop_lag.install(app)
     return app
 
 

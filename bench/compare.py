@@ -9,7 +9,8 @@ and database) and stops everything it started, by PID, when it ends:
   slow sim    a second simulator at --slow-tps tokens/s (memory phase only)
   relay       bench/bare_relay.py -> simulator
   gateway     `prometheus-gateway serve --workers 1`; alias prometheus-lite ->
-              simulator, prometheus-core -> slow sim; one client key
+              simulator, prometheus-core -> slow sim; one client key; started
+              with PROMETHEUS_LOOP_LAG_PROBE=1 (unless --no-loop-probe)
 
 Each load run is its own bench/loadgen.py process, so the client never shares
 an event loop with a server. The machine may be small: with 2 cores, the
@@ -21,6 +22,10 @@ Scenarios (each against direct, relay and gateway):
   (a) non-stream chat, 64 clients           requests/s, latency
   (b) stream chat of 60 chunks, 64 clients   streams/s, latency, TTFT
   (c) one client, non-stream and stream      added latency / TTFT (p50) vs direct
+Per run: latency p50/p99/max; for the gateway also its worker's loop lag
+(p99, max), read from the probe's GET /debug/loop-lag around the run. RSS of
+the gateway's worker and of its counting process (proxy.metering.token_server),
+apart: idle, after the runs.
 Memory: --mem-streams concurrent open streams through the gateway (slow sim,
 so each stays open ~60/--slow-tps s), twice; the gateway's RSS (VmRSS, summed
 over its process tree) before, at the peak, and ~5 s after each wave.
@@ -31,12 +36,14 @@ over its process tree) before, at the peak, and ~5 s after each wave.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import resource
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -50,6 +57,7 @@ LOADGEN = HERE / "loadgen.py"
 RELAY = HERE / "bare_relay.py"
 ALIAS = "prometheus-lite"
 SLOW_ALIAS = "prometheus-core"
+TOKEN_SERVER = "proxy.metering.token_server"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -179,10 +187,25 @@ def tree_pids(pid: int) -> list[int]:
     return out
 
 
-def rss_kb(pid: int) -> int:
-    """VmRSS in kB, summed over the process tree."""
+def cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def token_service_pids(pid: int) -> list[int]:
+    """The gateway's counting process(es) in its tree (proxy.metering.token_server)."""
+    return [p for p in tree_pids(pid) if TOKEN_SERVER in cmdline(p)]
+
+
+def rss_kb(pid: int, exclude: list[int] | None = None) -> int:
+    """VmRSS in kB, summed over the process tree (less the `exclude` PIDs)."""
     total = 0
     for p in tree_pids(pid):
+        if exclude and p in exclude:
+            continue
         try:
             with open(f"/proc/{p}/status") as f:
                 for line in f:
@@ -192,6 +215,55 @@ def rss_kb(pid: int) -> int:
         except OSError:
             pass
     return total
+
+
+def gateway_rss(pid: int) -> dict[str, int]:
+    """The gateway's RSS in kB: its workers (the tree less the counting process) and
+    the counting process on its own (0 when there is none)."""
+    service = token_service_pids(pid)
+    return {
+        "workers_kb": rss_kb(pid, exclude=service),
+        "token_service_kb": sum(rss_kb(p) for p in service),
+    }
+
+
+def loop_lag(port: int, reset: bool = False) -> dict | None:
+    """The gateway worker's loop-lag probe (PROMETHEUS_LOOP_LAG_PROBE=1), or None."""
+    url = f"http://127.0.0.1:{port}/debug/loop-lag" + ("?reset=1" if reset else "")
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return json.loads(r.read())
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+
+
+def cpu_wait_s(pid: int) -> float:
+    """Seconds the process tree's threads spent runnable but waiting for a CPU
+    (/proc/PID/task/TID/schedstat, 2nd field): how oversubscribed the machine was."""
+    total = 0
+    for p in tree_pids(pid):
+        try:
+            tids = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{p}/task/{tid}/schedstat") as f:
+                    total += int(f.read().split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+    return total / 1e9
+
+
+def wait_settled(proc: subprocess.Popen[bytes], log: Path, timeout: float = 20.0) -> None:
+    """After /healthz: a second for start-up to settle, and, where the gateway has a
+    counting process, until it has loaded its encodings (it logs `tokenizer_loaded`)."""
+    time.sleep(1.0)
+    if not token_service_pids(proc.pid):
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and b'"tokenizer_loaded"' not in log.read_bytes():
+        time.sleep(0.1)
 
 
 def cpu_s(pid: int) -> float:
@@ -268,6 +340,7 @@ def loadgen(
     watch = watch or []
     before_children = resource.getrusage(resource.RUSAGE_CHILDREN)
     before = [cpu_s(p) for p in watch]
+    wait_before = [cpu_wait_s(p) for p in watch]
     limit = (duration or 0) + warmup + timeout + 15
     try:
         done = subprocess.run(cmd, capture_output=True, timeout=limit)
@@ -283,6 +356,7 @@ def loadgen(
             "error_messages": {f"loadgen killed after {limit:.0f} s": 1},
         }
     after = [cpu_s(p) for p in watch]
+    wait_after = [cpu_wait_s(p) for p in watch]
     after_children = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode not in (0, 1) or not done.stdout.strip():
         raise RuntimeError(f"loadgen failed ({done.returncode}): {done.stderr.decode()[-800:]}")
@@ -294,6 +368,8 @@ def loadgen(
         3,
     )
     res["server_cpu_s"] = round(sum(a - b for a, b in zip(after, before, strict=True)), 3)
+    waited = sum(a - b for a, b in zip(wait_after, wait_before, strict=True))
+    res["server_cpu_wait_s"] = round(waited, 3)
     return res
 
 
@@ -331,6 +407,11 @@ def print_table(results: dict[str, dict[str, dict]], targets: list[str]) -> None
         cpu, n = get(scn, tgt, "server_cpu_s"), get(scn, tgt, "requests_ok")
         return None if cpu is None or not n else cpu * 1000.0 / n
 
+    def cpu_wait_pct(scn: str, tgt: str) -> float | None:
+        waited, el = get(scn, tgt, "server_cpu_wait_s"), get(scn, tgt, "elapsed_s")
+        wu = get(scn, tgt, "warmup_s") or 0.0
+        return None if waited is None or not el else 100.0 * waited / (el + wu)
+
     def client_pct(scn: str, tgt: str) -> float | None:
         cpu, el = get(scn, tgt, "client_cpu_s"), get(scn, tgt, "elapsed_s")
         wu = get(scn, tgt, "warmup_s") or 0.0
@@ -345,6 +426,7 @@ def print_table(results: dict[str, dict[str, dict]], targets: list[str]) -> None
         rows.append((f"{label}: {unit}", [get(scn, t, "requests_per_s") for t in targets], 0))
         rows.append(("    latency p50 ms", [get(scn, t, "latency_ms", "p50") for t in targets], 1))
         rows.append(("    latency p99 ms", [get(scn, t, "latency_ms", "p99") for t in targets], 1))
+        rows.append(("    latency max ms", [get(scn, t, "latency_ms", "max") for t in targets], 1))
         if scn == "stream64":
             rows.append(("    TTFT p50 ms", [get(scn, t, "ttft_ms", "p50") for t in targets], 1))
             rows.append(("    TTFT p99 ms", [get(scn, t, "ttft_ms", "p99") for t in targets], 1))
@@ -357,6 +439,23 @@ def print_table(results: dict[str, dict[str, dict]], targets: list[str]) -> None
             )
         rows.append(
             ("    server CPU ms per request (see note)", [per_req_ms(scn, t) for t in targets], 3)
+        )
+        rows.append(
+            ("    server waited for a CPU, % of run", [cpu_wait_pct(scn, t) for t in targets], 0)
+        )
+        rows.append(
+            (
+                "    loop lag p99 ms (probe)",
+                [get(scn, t, "loop_lag_ms", "p99_ms") for t in targets],
+                1,
+            )
+        )
+        rows.append(
+            (
+                "    loop lag max ms (probe)",
+                [get(scn, t, "loop_lag_ms", "max_ms") for t in targets],
+                1,
+            )
         )
         rows.append(("    errors", [get(scn, t, "errors") for t in targets], 0))
         rows.append(("    client CPU, % of one core", [client_pct(scn, t) for t in targets], 0))
@@ -395,7 +494,10 @@ def print_table(results: dict[str, dict[str, dict]], targets: list[str]) -> None
 
     print(
         "note: server CPU is the process under test only (direct: the simulator itself;"
-        " relay, gateway: without the simulator behind them)."
+        " relay, gateway: without the simulator behind them). Loop lag: how late the"
+        " server's 1 ms timer fired (the same probe in relay and gateway), from warm-up start"
+        " to the end of the run. Waited for a CPU: runnable but not running (summed over"
+        " its threads), the machine's oversubscription as the server felt it."
     )
     print()
     if "gateway" in targets:
@@ -404,6 +506,16 @@ def print_table(results: dict[str, dict[str, dict]], targets: list[str]) -> None
             gateway_rate = get(scenario, "gateway", "requests_per_s")
             relay_rate = get(scenario, "relay", "requests_per_s")
             print(f"  {label}  {ratio(gateway_rate, relay_rate)}")
+        for label, scenario in (
+            ("p99 latency (a)", "nonstream64"),
+            ("p99 latency (b)", "stream64"),
+        ):
+            g99, r99 = (get(scenario, t, "latency_ms", "p99") for t in ("gateway", "relay"))
+            gmax, rmax = (get(scenario, t, "latency_ms", "max") for t in ("gateway", "relay"))
+            print(
+                f"  {label} {ratio(g99, r99)}  (goal <= 1.5; p99 {fmt(g99)} vs {fmt(r99)} ms,"
+                f" max {fmt(gmax)} vs {fmt(rmax)} ms)"
+            )
     print("added at 1 client, p50, vs direct (ms):")
     for t in targets:
         if t == "direct":
@@ -428,6 +540,26 @@ def print_table(results: dict[str, dict[str, dict]], targets: list[str]) -> None
 
 
 # ---------------------------------------------------------------- main
+
+
+def rss_text(rss: dict[str, int]) -> str:
+    text = f"worker {rss['workers_kb'] / 1024:.1f} MiB"
+    if rss["token_service_kb"]:
+        text += f", counting process {rss['token_service_kb'] / 1024:.1f} MiB"
+    return text
+
+
+def print_run(scn: str, name: str, r: dict, stream: bool) -> None:
+    lat = r["latency_ms"]
+    ttft = f" TTFT p50 {fmt(r.get('ttft_ms', {}).get('p50'), 2)}" if stream else ""
+    lag = r.get("loop_lag_ms")
+    lag_text = f"  loop lag p99 {fmt(lag['p99_ms'])} max {fmt(lag['max_ms'])} ms" if lag else ""
+    print(
+        f"  {scn:12} {name:8} {r['requests_per_s']:>10,.1f}/s  p50 {fmt(lat['p50'], 2)}"
+        f" p99 {fmt(lat['p99'])} max {fmt(lat['max'])} ms{ttft}{lag_text}  errors {r['errors']}"
+        f"  (client CPU {r['client_cpu_s']} s, server CPU {r['server_cpu_s']} s)",
+        flush=True,
+    )
 
 
 def write_config(tmp: Path, gw_port: int, sim_port: int, slow_port: int) -> Path:
@@ -477,6 +609,51 @@ def sim_command(gw: list[str] | None, port: int, tps: float) -> list[str]:
     ]
 
 
+def first_count_phase(gw_port: int, key: str, db: Path) -> dict | None:
+    """On the idle gateway: one stream the client cuts after its first event, so
+    that the worker needs its first local token count; the probe's loop lag
+    across it (before the counting process, the worker built the encoding itself:
+    a 100-230 ms stall of its loop)."""
+    if loop_lag(gw_port, reset=True) is None:
+        return None
+    body = json.dumps(
+        {
+            "model": SLOW_ALIAS,
+            "stream": True,
+            "messages": [{"role": "user", "content": "Say something about gateways."}],
+        }
+    )
+    conn = http.client.HTTPConnection("127.0.0.1", gw_port, timeout=30)
+    t0 = time.monotonic()
+    try:
+        conn.request(
+            "POST",
+            "/v1/chat/completions",
+            body=body,
+            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+        )
+        resp = conn.getresponse()
+        while not resp.fp.readline().startswith(b"data:"):
+            pass
+    finally:
+        conn.close()  # the client leaves mid-stream
+    billed = None
+    while time.monotonic() - t0 < 30 and not billed:
+        time.sleep(0.1)
+        with sqlite3.connect(db, timeout=10) as c:
+            billed = c.execute(
+                "SELECT output_tokens, usage_source FROM requests WHERE status = 499"
+            ).fetchone()
+    out = loop_lag(gw_port) or {}
+    out["billed"] = billed
+    print(
+        f"first local count (one cut stream, idle gateway): worker loop lag max "
+        f"{fmt(out.get('max_ms'))} ms, p99 {fmt(out.get('p99_ms'))} ms; billed {billed}",
+        flush=True,
+    )
+    return out
+
+
 def memory_phase(
     gw_proc: subprocess.Popen[bytes],
     gw_port: int,
@@ -489,6 +666,7 @@ def memory_phase(
     open_s = 60 / tps if tps > 0 else 0
     out: dict = {"streams": streams, "tokens_per_second": tps, "waves": []}
     out["rss_before_kb"] = rss_kb(gw_proc.pid)
+    out["rss_before"] = gateway_rss(gw_proc.pid)
     print(
         f"\nmemory: {streams} concurrent streams through the gateway, each open ~{open_s:.0f} s "
         f"(slow sim at {tps} tokens/s); gateway RSS before: {out['rss_before_kb'] / 1024:.1f} MiB",
@@ -546,6 +724,7 @@ def memory_phase(
             }
         time.sleep(5)
         after = rss_kb(gw_proc.pid)
+        split = gateway_rss(gw_proc.pid)
         w = {
             "wave": wave,
             "peak_open_client_conns": peak_open,
@@ -553,6 +732,7 @@ def memory_phase(
             "rss_peak_kb": peak_rss,
             "rss_at_peak_open_kb": rss_at_full,
             "rss_5s_after_kb": after,
+            "rss_5s_after": split,
             "ok": res.get("requests_ok"),
             "errors": res.get("errors"),
             "error_messages": res.get("error_messages"),
@@ -564,7 +744,8 @@ def memory_phase(
         print(
             f"  wave {wave}: open at peak {peak_open} client / {peak_up} upstream conns; "
             f"{w['ok']} ok, {w['errors']} errors; stream p50 {fmt(w['latency_ms_p50'], 0)} ms; "
-            f"RSS peak {peak_rss / 1024:.1f} MiB, 5 s after {after / 1024:.1f} MiB",
+            f"RSS peak {peak_rss / 1024:.1f} MiB, 5 s after {after / 1024:.1f} MiB"
+            f" ({rss_text(split)})",
             flush=True,
         )
         for m, n in (w["error_messages"] or {}).items():
@@ -594,7 +775,17 @@ def main() -> int:
         help="slow simulator's tokens/s for the memory phase (60 tokens -> 60/tps s open)",
     )
     p.add_argument("--no-memory", action="store_true", help="skip the memory phase")
+    p.add_argument(
+        "--no-loop-probe",
+        action="store_true",
+        help="start the gateway without its loop-lag probe (PROMETHEUS_LOOP_LAG_PROBE)",
+    )
     p.add_argument("--no-gateway", action="store_true", help="only direct vs relay")
+    p.add_argument(
+        "--first-count-only",
+        action="store_true",
+        help="only the worker's loop lag across its first local count (one cut stream)",
+    )
     p.add_argument("--memory-only", action="store_true", help="skip the throughput runs")
     p.add_argument("--json-out", help="also write all results to this JSON file")
     p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (logs, config)")
@@ -607,6 +798,8 @@ def main() -> int:
 
     gw = gateway_command()
     use_gateway = not a.no_gateway and gw is not None
+    if a.first_count_only and (not use_gateway or a.no_loop_probe):
+        p.error("--first-count-only needs the gateway and its loop-lag probe")
     if gw is None and not a.no_gateway:
         print(
             "note: `prometheus-gateway` not found next to this Python and `proxy.cli` not "
@@ -636,9 +829,12 @@ def main() -> int:
                 "--upstream",
                 f"http://127.0.0.1:{sim_port}/v1",
             ],
-            env,
+            # the same probe as the gateway's, as a control: the loop lag a bare
+            # aiohttp relay sees on this machine at this moment
+            {**env, "PROMETHEUS_LOOP_LAG_PROBE": "0" if a.no_loop_probe else "1"},
         )
         wait_port(relay_port, relay, "relay")
+        probes = {"relay": relay_port}
 
         targets: dict[str, tuple[str, str, str, int]] = {
             "direct": (f"http://127.0.0.1:{sim_port}/v1", "", "sim-model", sim.pid),
@@ -675,11 +871,14 @@ def main() -> int:
                     "--workers",
                     "1",
                 ],
-                gw_env,
+                {**gw_env, "PROMETHEUS_LOOP_LAG_PROBE": "0" if a.no_loop_probe else "1"},
             )
             wait_healthz(gw_port, gw_proc)
+            wait_settled(gw_proc, tmp / "gateway.log")
             all_results["gateway_rss_idle_kb"] = rss_kb(gw_proc.pid)
+            all_results["gateway_rss_idle"] = gateway_rss(gw_proc.pid)
             targets["gateway"] = (f"http://127.0.0.1:{gw_port}/v1", key, ALIAS, gw_proc.pid)
+            probes["gateway"] = gw_port
 
         names = list(targets)
         print(
@@ -688,35 +887,41 @@ def main() -> int:
             flush=True,
         )
         if gw_proc is not None:
-            idle_mib = all_results["gateway_rss_idle_kb"] / 1024
-            print(f"gateway pid {gw_proc.pid}, idle RSS {idle_mib:.1f} MiB")
+            print(
+                f"gateway pid {gw_proc.pid}, idle RSS: {rss_text(all_results['gateway_rss_idle'])}"
+            )
         scenarios = [
             ("nonstream64", dict(concurrency=a.concurrency, stream=False, duration=a.duration)),
             ("stream64", dict(concurrency=a.concurrency, stream=True, duration=a.duration)),
             ("nonstream1", dict(concurrency=1, stream=False, duration=max(2.0, a.duration / 2))),
             ("stream1", dict(concurrency=1, stream=True, duration=max(2.0, a.duration / 2))),
         ]
+        if a.first_count_only:
+            all_results["first_count"] = first_count_phase(gw_port, key, tmp / "bench.db")
         results: dict[str, dict[str, dict]] = {}
-        for scn, kw in [] if a.memory_only else scenarios:
+        for scn, kw in [] if a.memory_only or a.first_count_only else scenarios:
             results[scn] = {}
             for name in names:
                 url, k, model, pid = targets[name]
+                probe = None if a.no_loop_probe else probes.get(name)
+                if probe:
+                    loop_lag(probe, reset=True)  # a new window: warm-up and run
                 r = loadgen(url, api_key=k, model=model, warmup=a.warmup, watch=[pid], **kw)
+                if probe:
+                    r["loop_lag_ms"] = loop_lag(probe)
                 results[scn][name] = r
-                extra = (
-                    f" TTFT p50 {fmt(r.get('ttft_ms', {}).get('p50'), 2)}" if kw["stream"] else ""
-                )
-                print(
-                    f"  {scn:12} {name:8} {r['requests_per_s']:>10,.1f}/s  p50 "
-                    f"{fmt(r['latency_ms']['p50'], 2)} ms{extra}  errors {r['errors']}  "
-                    f"(client CPU {r['client_cpu_s']} s, server CPU {r['server_cpu_s']} s)",
-                    flush=True,
-                )
+                print_run(scn, name, r, kw["stream"])
+        if gw_proc is not None and results:
+            all_results["gateway_rss_after_runs"] = gateway_rss(gw_proc.pid)
+            print(
+                "gateway RSS after the runs: " + rss_text(all_results["gateway_rss_after_runs"]),
+                flush=True,
+            )
         all_results["runs"] = results
         if results:
             print_table(results, names)
 
-        if gw_proc is not None and not a.no_memory:
+        if gw_proc is not None and not a.no_memory and not a.first_count_only:
             all_results["memory"] = memory_phase(
                 gw_proc, gw_port, slow_port, key, mem_streams, a.slow_tps
             )

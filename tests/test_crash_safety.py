@@ -198,13 +198,25 @@ def _worker_pids(parent: int, without: int | None = None) -> list[int]:
     from gateway_process import _children
 
     def two_workers() -> list[int] | None:
-        pids = [p for p in _children(parent) if _is_running(p) and p != without]
+        pids = [
+            p
+            for p in _children(parent)
+            if _is_running(p) and p != without and not _is_token_server(p)
+        ]
         return pids if len(pids) >= 2 else None
 
     return wait_for(
         two_workers,
         message=lambda: f"two running workers of {parent} (children now: {_children(parent)})",
     )
+
+
+def _is_token_server(pid: int) -> bool:
+    """The gateway's counting process (proxy.metering.token_server), also its child."""
+    try:
+        return b"proxy.metering.token_server" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 def _is_running(pid: int) -> bool:

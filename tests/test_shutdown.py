@@ -324,11 +324,19 @@ class WorkerWatch:
                 children = self._supervisor.children()
             except psutil.NoSuchProcess:
                 return
-            self.seen += [c.pid for c in children if c.pid not in self.seen]
+            self.seen += [c.pid for c in children if c.pid not in self.seen and _is_worker(c)]
             time.sleep(0.005)
 
     def stop(self) -> None:
         self._thread.join(EXIT_S)
+
+
+def _is_worker(proc: psutil.Process) -> bool:
+    """Not the gateway's counting process (proxy.metering.token_server), also its child."""
+    try:
+        return "proxy.metering.token_server" not in " ".join(proc.cmdline())
+    except psutil.Error:
+        return True
 
 
 def _alive(pid: int) -> bool:

@@ -4,7 +4,9 @@ Called only where an upstream reported no usage (a stream cut short, an
 upstream that ignores `include_usage`). The encoding files ship in
 `proxy/metering/tokenizer_data/` and are checked against tiktoken's published sha256
 before use; nothing is downloaded. An encoding costs ~75 MiB and ~0.6 s to
-load, so it is loaded lazily, once per process, on a worker thread.
+load, so it is loaded lazily, once per process. A gateway worker asks the
+machine's counting process (`proxy.metering.token_service`) first and loads
+an encoding itself, on a thread, only when that process does not answer.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 import tiktoken
 from tiktoken.load import load_tiktoken_bpe
 
+from proxy.metering import token_service
 from proxy.metering.images import image_part_tokens
 
 DATA_DIR = Path(__file__).with_name("tokenizer_data")
@@ -169,15 +172,23 @@ def count_embedding_input(inp: Any, encoding: str = "o200k_base") -> int:
 async def count_locally(
     body: dict[str, Any], output_text: str, encoding: str = "o200k_base"
 ) -> tuple[int, int]:
-    """(input, output) tokens of a chat exchange, counted on a worker thread."""
+    """(input, output) tokens of a chat exchange: by the machine's counting process
+    (`token_service`) when it answers, else on a worker thread of this process."""
 
     def work() -> tuple[int, int]:
         return count_chat_input(body, encoding), count_text(output_text, encoding)
 
+    counted = await token_service.ask("chat", body=body, text=output_text, encoding=encoding)
+    if counted is not None:
+        return counted[0], counted[1]
     return await asyncio.to_thread(work)
 
 
 async def count_embedding_locally(inp: Any, encoding: str = "o200k_base") -> int:
-    """Input tokens of an embeddings request, counted on a worker thread (the first
-    count in a process loads the encoding, ~0.5 s, which must not stall the loop)."""
+    """Input tokens of an embeddings request: by the counting process when it
+    answers, else on a worker thread (loading an encoding holds the GIL for
+    ~0.1-0.2 s at a stretch, which is why the process exists)."""
+    counted = await token_service.ask("embedding", input=inp, encoding=encoding)
+    if counted is not None:
+        return int(counted)
     return await asyncio.to_thread(count_embedding_input, inp, encoding)

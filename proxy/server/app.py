@@ -21,7 +21,7 @@ from proxy.api import audio, chat, embeddings, health, models
 from proxy.auth.key_table import KeyTable
 from proxy.config.model import GatewayConfig
 from proxy.http.middleware import gateway_middleware
-from proxy.observability import metrics
+from proxy.observability import loop_lag, metrics
 from proxy.observability.logs import get_logger
 from proxy.providers import build_providers
 from proxy.routing.health import HealthBoard
@@ -48,6 +48,7 @@ def add_routes(app: web.Application) -> None:
 def build_app(config: GatewayConfig) -> web.Application:
     app = web.Application(middlewares=[gateway_middleware], client_max_size=config.max_body_bytes)
     add_routes(app)
+    loop_lag.install(app)  # only with PROMETHEUS_LOOP_LAG_PROBE=1 (the bench's probe)
     background: list[asyncio.Task[None]] = []
 
     async def startup(app: web.Application) -> None:

@@ -18,6 +18,7 @@ import signal
 
 from proxy import storage
 from proxy.config.model import GatewayConfig
+from proxy.metering import token_service
 from proxy.observability.logs import configure_logging, get_logger
 from proxy.server.supervisor import supervise
 from proxy.server.tuning import OPEN_FILES_NEEDED, raise_open_files_limit
@@ -95,6 +96,7 @@ def serve(config: GatewayConfig) -> None:
         open_files=open_files,
         drain_s=config.drain_s,
     )
+    token_service.start(config)  # one tokenizer for all workers; stopped at exit, after them
     if config.workers <= 1:
         run_worker(config, reuse_port=False)
         return
