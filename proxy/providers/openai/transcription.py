@@ -17,7 +17,6 @@ file itself did not say.
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -35,10 +34,9 @@ from proxy.providers.base import (
     TranscriptionReply,
     TranscriptionRequest,
     UpstreamBadReply,
-    UpstreamTimeout,
-    UpstreamUnavailable,
 )
 from proxy.providers.openai.replies import MIB, read_all
+from proxy.providers.upstream_http import UpstreamHttp
 
 Failed = Callable[[aiohttp.ClientResponse, Deployment], Awaitable[FailedReply]]
 
@@ -114,27 +112,14 @@ class JsonTranscriptionReply(TranscriptionReply):
 
 
 async def post_transcription(
-    session: aiohttp.ClientSession,
+    http: UpstreamHttp,
     url: URL,
-    timeout: aiohttp.ClientTimeout,
     deployment: Deployment,
     request: TranscriptionRequest,
     failed: Failed,
 ) -> Reply:
     headers = {"Authorization": f"Bearer {deployment.api_key}"} if deployment.api_key else {}
-    try:
-        async with asyncio.timeout(deployment.first_byte_timeout_s):
-            resp = await session.post(
-                url,
-                data=upstream_form(deployment, request),
-                headers=headers,
-                timeout=timeout,
-                allow_redirects=False,
-            )
-    except TimeoutError as exc:
-        raise UpstreamTimeout(f"no answer within {deployment.first_byte_timeout_s} s") from exc
-    except aiohttp.ClientError as exc:
-        raise UpstreamUnavailable(str(exc) or type(exc).__name__) from exc
+    resp = await http.post(deployment, url, upstream_form(deployment, request), headers)
     if not 200 <= resp.status < 300:
         return await failed(resp, deployment)
     return JsonTranscriptionReply(resp, deployment)
