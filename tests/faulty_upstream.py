@@ -26,12 +26,12 @@ client hung up on a reply still being written.
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from typing import Any
 
 import orjson
 from aiohttp import web
+from threaded_server import ThreadedServer
 
 SLOW_S = 5.0
 SLOW_FIRST_TOKEN_S = 1.0
@@ -91,58 +91,25 @@ def _usage_chunk(model: str) -> bytes:
     return b"data: " + head + orjson.dumps(model) + b',"choices":[],"usage":' + raw + b"}\n\n"
 
 
-class FaultyUpstream:
+class FaultyUpstream(ThreadedServer):
+    NAME = "faulty-upstream"
+    URL_SUFFIX = "/v1"
+    RUNNER_OPTIONS = {"handler_cancellation": True}  # a hang-up reaches the handler
+
     def __init__(self) -> None:
-        self.port = 0
+        super().__init__()
         self.seen: list[tuple[str, str]] = []  # (path, model)
         self.hung_up: list[tuple[str, float]] = []  # (model, time.monotonic())
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._runner: web.AppRunner | None = None
-        self._thread: threading.Thread | None = None
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    def start(self) -> None:
-        ready = threading.Event()
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            asyncio.set_event_loop(loop)
-            loop.run_until_complete(self._start())
-            ready.set()
-            loop.run_forever()
-            if self._runner is not None:
-                loop.run_until_complete(self._runner.cleanup())
-            loop.close()
-
-        self._thread = threading.Thread(target=run, name="faulty-upstream", daemon=True)
-        self._thread.start()
-        if not ready.wait(10):
-            raise RuntimeError("faulty upstream did not start")
-
-    def stop(self) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-        if self._thread is not None:
-            self._thread.join(10)
 
     def models_seen(self, path_suffix: str) -> list[str]:
         return [m for p, m in list(self.seen) if p.endswith(path_suffix)]
 
-    async def _start(self) -> None:
+    def build_app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/redirect-target", self._redirect_target)
         app.router.add_get("/{tail:.*}", self._any_get)
-        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        assert site._server is not None
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return app
 
     async def _any_get(self, request: web.Request) -> web.Response:
         self.seen.append((request.path, "GET"))

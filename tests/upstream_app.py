@@ -43,6 +43,7 @@ from typing import Any
 import mutagen
 import orjson
 from aiohttp import BodyPartReader, web
+from threaded_server import ThreadedServer
 
 REPLY_WORDS = 12
 CHUNK_PAUSE_S = 0.004
@@ -85,60 +86,25 @@ def _error(
     )
 
 
-class Upstream:
+class Upstream(ThreadedServer):
     """The fake upstream: start() in a thread, read `.requests`, stop()."""
 
+    NAME = "fake-upstream"
+    URL_SUFFIX = "/v1"
+
     def __init__(self) -> None:
+        super().__init__()
         self.requests: list[dict[str, Any]] = []
         self.disconnects = 0  # streams whose client (the gateway) went away
-        self.port = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._runner: web.AppRunner | None = None
-        self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._released: asyncio.Event | None = None  # holds of __hold_until_released__
 
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    # -- lifecycle -------------------------------------------------------
-    def start(self) -> None:
-        ready = threading.Event()
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            asyncio.set_event_loop(loop)
-            loop.run_until_complete(self._start())
-            ready.set()
-            loop.run_forever()
-            loop.run_until_complete(self._runner.cleanup() if self._runner else asyncio.sleep(0))
-            loop.close()
-
-        self._thread = threading.Thread(target=run, name="fake-upstream", daemon=True)
-        self._thread.start()
-        if not ready.wait(10):
-            raise RuntimeError("fake upstream did not start")
-
-    async def _start(self) -> None:
+    def build_app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/embeddings", self._embeddings)
         app.router.add_post("/v1/audio/transcriptions", self._transcriptions)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        server = site._server
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-
-    def stop(self) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-        if self._thread is not None:
-            self._thread.join(10)
+        return app
 
     # -- recording -------------------------------------------------------
     def received(self, path_suffix: str = "") -> list[dict[str, Any]]:
