@@ -17,7 +17,7 @@ from aiohttp import web
 from proxy import storage
 from proxy.admin import api as admin
 from proxy.admin import health as admin_health
-from proxy.api import audio, chat, embeddings, health, models
+from proxy.api import audio, chat, docs, embeddings, health, models
 from proxy.auth.key_table import KeyTable
 from proxy.config.model import GatewayConfig
 from proxy.http.middleware import gateway_middleware
@@ -31,6 +31,7 @@ from proxy.usage.writer import UsageWriter
 
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", health.healthz)
+    app.router.add_get("/llms.txt", docs.llms_txt)
     app.router.add_post("/v1/chat/completions", chat.chat_completions)
     app.router.add_post("/v1/embeddings", embeddings.create_embeddings)
     app.router.add_post("/v1/audio/transcriptions", audio.create_transcription)
