@@ -17,6 +17,7 @@ from aiohttp import web
 from proxy import storage
 from proxy.admin import api as admin
 from proxy.admin import health as admin_health
+from proxy.admin.dashboard import data as dashboard
 from proxy.api import audio, chat, docs, embeddings, health, models
 from proxy.auth.key_table import KeyTable
 from proxy.config.model import GatewayConfig
@@ -42,6 +43,11 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/admin/keys/{key_id}/revoke", admin.revoke_key)
     app.router.add_get("/admin/usage", admin.usage)
     app.router.add_get("/admin/health", admin_health.health)
+    app.router.add_post("/dashboard/session", dashboard.create_session)
+    app.router.add_delete("/dashboard/session", dashboard.delete_session)
+    app.router.add_get("/dashboard/api/usage", dashboard.usage)
+    app.router.add_get("/dashboard/api/keys", dashboard.keys)
+    app.router.add_get("/dashboard/api/requests", dashboard.recent_requests)
 
 
 def build_app(config: GatewayConfig) -> web.Application:
