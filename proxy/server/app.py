@@ -17,6 +17,7 @@ from aiohttp import web
 from proxy import storage
 from proxy.admin import api as admin
 from proxy.admin import health as admin_health
+from proxy.admin.dashboard import assets as dashboard_assets
 from proxy.admin.dashboard import data as dashboard
 from proxy.api import audio, chat, docs, embeddings, health, models
 from proxy.auth.key_table import KeyTable
@@ -43,6 +44,9 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/admin/keys/{key_id}/revoke", admin.revoke_key)
     app.router.add_get("/admin/usage", admin.usage)
     app.router.add_get("/admin/health", admin_health.health)
+    app.router.add_get("/dashboard", dashboard_assets.page)
+    app.router.add_get("/dashboard/static/{name}", dashboard_assets.static)
+    app.router.add_get("/dashboard/vendor/plotly.min.js", dashboard_assets.plotly_js)
     app.router.add_post("/dashboard/session", dashboard.create_session)
     app.router.add_delete("/dashboard/session", dashboard.delete_session)
     app.router.add_get("/dashboard/api/usage", dashboard.usage)
