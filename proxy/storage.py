@@ -13,6 +13,8 @@ from pathlib import Path
 
 import aiosqlite
 
+from proxy.usage import rollups
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
     name  TEXT PRIMARY KEY,
@@ -107,7 +109,8 @@ def connect(path: Path) -> sqlite3.Connection:
 
 
 def migrate(conn: sqlite3.Connection) -> None:
-    """Add the columns an older database lacks (`ADDED_COLUMNS`).
+    """Add the columns an older database lacks (`ADDED_COLUMNS`), and the usage
+    rollups with their trigger (`proxy.usage.rollups`, backfilled once).
 
     Under `BEGIN IMMEDIATE`, so that workers starting together add each column
     once: the second one waits for the first's commit, then finds it there."""
@@ -117,6 +120,7 @@ def migrate(conn: sqlite3.Connection) -> None:
             present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
             if column not in present:
                 conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+        rollups.install(conn)
         conn.commit()
     except BaseException:
         conn.rollback()

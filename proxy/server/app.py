@@ -17,7 +17,9 @@ from aiohttp import web
 from proxy import storage
 from proxy.admin import api as admin
 from proxy.admin import health as admin_health
-from proxy.api import audio, chat, embeddings, health, models
+from proxy.admin.dashboard import assets as dashboard_assets
+from proxy.admin.dashboard import data as dashboard
+from proxy.api import audio, chat, docs, embeddings, health, models
 from proxy.auth.key_table import KeyTable
 from proxy.config.model import GatewayConfig
 from proxy.http.middleware import gateway_middleware
@@ -32,6 +34,7 @@ from proxy.usage.writer import UsageWriter
 
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", health.healthz)
+    app.router.add_get("/llms.txt", docs.llms_txt)
     app.router.add_post("/v1/chat/completions", chat.chat_completions)
     app.router.add_post("/v1/embeddings", embeddings.create_embeddings)
     app.router.add_post("/v1/audio/transcriptions", audio.create_transcription)
@@ -43,6 +46,14 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/admin/usage", admin.usage)
     app.router.add_get("/admin/health", admin_health.health)
     app.router.add_get("/metrics", metrics.endpoint)
+    app.router.add_get("/dashboard", dashboard_assets.page)
+    app.router.add_get("/dashboard/static/{name}", dashboard_assets.static)
+    app.router.add_get("/dashboard/vendor/plotly.min.js", dashboard_assets.plotly_js)
+    app.router.add_post("/dashboard/session", dashboard.create_session)
+    app.router.add_delete("/dashboard/session", dashboard.delete_session)
+    app.router.add_get("/dashboard/api/usage", dashboard.usage)
+    app.router.add_get("/dashboard/api/keys", dashboard.keys)
+    app.router.add_get("/dashboard/api/requests", dashboard.recent_requests)
 
 
 def build_app(config: GatewayConfig) -> web.Application:

@@ -48,24 +48,23 @@ def _rows(values: list[Any]) -> tuple[list[tuple[Any, ...]], list[tuple[Any, str
 def _load(conn: sqlite3.Connection, values: list[Any]) -> tuple[int, list[tuple[Any, str]]]:
     """Insert a segment's records in one transaction: rows added, records refused."""
     rows, refused = _rows(values)
+    # rowcount, not total_changes: the rollup trigger's own writes are not rows added
     try:
         with conn:
-            before = conn.total_changes
-            conn.executemany(INSERT_SQL, rows)
-            return conn.total_changes - before, refused
+            return conn.executemany(INSERT_SQL, rows).rowcount, refused
     except Exception as exc:
         if is_transient(exc):
             raise
     with conn:  # one row is bad: each row on its own, in one transaction
-        before = conn.total_changes
+        added = 0
         for row in rows:
             try:
-                conn.execute(INSERT_SQL, row)
+                added += conn.execute(INSERT_SQL, row).rowcount
             except Exception as exc:
                 if is_transient(exc):
                     raise
                 refused.append((record_of(row), _reason(exc)))
-        return conn.total_changes - before, refused
+        return added, refused
 
 
 def _reason(exc: BaseException) -> str:
