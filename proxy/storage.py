@@ -52,6 +52,17 @@ CREATE INDEX IF NOT EXISTS requests_key_ts ON requests (key_id, ts);
 CREATE INDEX IF NOT EXISTS requests_ts ON requests (ts);
 """
 
+# Columns `api_keys` gained after its first release: added to an existing file
+# at connect time (ALTER TABLE ADD COLUMN when missing), so an old database
+# keeps working and keeps its keys.
+API_KEY_COLUMNS = (
+    ("expires_at", "REAL"),  # seconds since the epoch; NULL: never
+    ("budget_period", "TEXT"),  # total | monthly | daily; NULL: total
+    ("prev_key_hash", "TEXT"),  # the secret before the last rotation...
+    ("prev_valid_until", "REAL"),  # ...valid until this time (the grace)
+    ("rotated_at", "REAL"),
+)
+
 PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL", "PRAGMA busy_timeout=5000")
 
 
@@ -63,7 +74,29 @@ def connect(path: Path) -> sqlite3.Connection:
         conn.execute(pragma)
     conn.executescript(SCHEMA)
     conn.commit()
+    for statement in _missing_key_columns([r[1] for r in conn.execute(_KEY_COLUMNS_SQL)]):
+        _add_column(conn, statement)
     return conn
+
+
+_KEY_COLUMNS_SQL = "PRAGMA table_info(api_keys)"
+
+
+def _missing_key_columns(present: list[str]) -> list[str]:
+    return [
+        f"ALTER TABLE api_keys ADD COLUMN {name} {kind}"
+        for name, kind in API_KEY_COLUMNS
+        if name not in present
+    ]
+
+
+def _add_column(conn: sqlite3.Connection, statement: str) -> None:
+    try:
+        with conn:
+            conn.execute(statement)
+    except sqlite3.OperationalError as exc:  # another process added it first
+        if "duplicate column" not in str(exc):
+            raise
 
 
 async def connect_async(path: Path) -> aiosqlite.Connection:
@@ -74,4 +107,13 @@ async def connect_async(path: Path) -> aiosqlite.Connection:
         await conn.execute(pragma)
     await conn.executescript(SCHEMA)
     await conn.commit()
+    async with conn.execute(_KEY_COLUMNS_SQL) as cur:
+        present = [r[1] for r in await cur.fetchall()]
+    for statement in _missing_key_columns(present):
+        try:
+            await conn.execute(statement)
+            await conn.commit()
+        except sqlite3.OperationalError as exc:  # another worker added it first
+            if "duplicate column" not in str(exc):
+                raise
     return conn

@@ -146,6 +146,7 @@ def load_config(path: str | None = None, env: dict[str, str] | None = None) -> G
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {cfg_path}: {exc}") from exc
     server = raw.get("server", {})
+    cluster = raw.get("cluster", {})
     storage = raw.get("storage", {})
     warnings = _parse_models(raw.get("models", {}), routes, env)
     db_path = Path(str(storage.get("path", catalogue.DEFAULT_DB_PATH)))
@@ -163,4 +164,6 @@ def load_config(path: str | None = None, env: dict[str, str] | None = None) -> G
         source=str(cfg_path) if cfg_path else "built-in defaults",
         upstream_source=upstream_source,
         warnings=tuple(warnings),
+        redis_url=str(cluster["redis_url"]) if cluster.get("redis_url") else None,
+        redis_prefix=str(cluster.get("redis_prefix", "prometheus:")),
     )

@@ -72,6 +72,8 @@ class GatewayConfig:
     source: str = "built-in defaults"
     upstream_source: str = "sim"  # how the default aliases are served
     warnings: tuple[str, ...] = ()
+    redis_url: str | None = None  # [cluster]: per-key limits shared across machines
+    redis_prefix: str = "prometheus:"
 
     @property
     def journal_dir(self) -> Path:

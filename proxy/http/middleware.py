@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from proxy.auth.admission import release
 from proxy.auth.bearer import authenticate
 from proxy.auth.keys import mask_keys
 from proxy.http import errors
@@ -79,6 +80,8 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
     except Exception:  # a bug must still answer in OpenAI's shape
         state.log.exception("unhandled", request_id=rid)
         response = _error_response(request, errors.internal_error())
+    finally:
+        release(request)  # a key's reservation that no usage record settled
     if not response.prepared:  # a handler that streams sets it itself, before prepare()
         response.headers["x-request-id"] = rid
     log_request(state, request, response.status)

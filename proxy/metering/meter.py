@@ -17,7 +17,9 @@ the prompt and of `reply.text()`; `usage_source` says which. A client that
 left before any upstream answered is billed nothing: the upstream may never
 have seen the prompt. The record
 goes to the process's `UsageWriter` and is left on the request for the log
-line that `proxy.http.middleware` writes.
+line that `proxy.http.middleware` writes. Writing it settles the request's
+admission (`proxy.auth.admission.Reservation`, when the key's limits made one)
+with the tokens and cost it bills: a failed request gives its reservation back.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Any
 
 from aiohttp import web
 
+from proxy.auth.admission import RESERVATION
 from proxy.config.model import AliasRoute, Deployment
 from proxy.http.errors import GatewayError
 from proxy.providers.base import Reply, Usage
@@ -170,3 +173,6 @@ class Meter:
         self._writer.append(record)
         if not self._overhead:
             request["usage"] = record
+            reservation = request.get(RESERVATION)
+            if reservation is not None:
+                reservation.settle(input_tokens + output_tokens, record["cost_usd"])
