@@ -2,7 +2,8 @@
 
 The CLI and the admin API call `create_key`/`update_key`/`rotate_key`/
 `revoke_key`/`list_keys`/`get_key`, which write the table and bump
-`meta.keys_version`; each gateway process's `proxy.auth.key_table.KeyTable` notices the bump and reloads its mirror.
+`meta.keys_version`; each gateway process's `proxy.auth.key_table.KeyTable`
+notices the bump and reloads its mirror.
 Only the sha256 of a key is stored; the plain key is returned once, and never
 logged: `mask_keys` blanks anything key-shaped out of text that is logged.
 """
