@@ -20,6 +20,7 @@ test: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy --strict proxy
+	PYTHON=$(BIN)/python bash tests/ensure_redis.sh
 	$(BIN)/pytest -q
 
 bench: install
