@@ -43,7 +43,13 @@ def _http_error(exc: web.HTTPException, max_body_bytes: int) -> GatewayError:
     if exc.status == 404:
         return GatewayError(404, f"Unknown path: {exc.reason}", code="not_found")
     if exc.status == 405:
-        return GatewayError(405, "Method not allowed for this path.", code="method_not_allowed")
+        allowed = getattr(exc, "allowed_methods", None) or ()
+        return GatewayError(
+            405,
+            "Method not allowed for this path.",
+            code="method_not_allowed",
+            headers={"Allow": ", ".join(sorted(allowed))} if allowed else None,
+        )
     kind = "invalid_request_error" if exc.status < 500 else "api_error"
     return GatewayError(exc.status, exc.text or exc.reason, type=kind)
 

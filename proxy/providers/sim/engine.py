@@ -198,7 +198,8 @@ class ChatPlan:
         tools = body.get("tools")
         choice = body.get("tool_choice")
         fmt = body.get("response_format")
-        if isinstance(tools, list) and tools and choice != "none":
+        tools = [t for t in tools if isinstance(t, dict)] if isinstance(tools, list) else None
+        if tools and choice != "none":
             tool = tools[0]
             if isinstance(choice, dict):
                 wanted = (choice.get("function") or {}).get("name")
