@@ -398,10 +398,10 @@ def print_table(results: dict[str, dict[str, dict]], targets: list[str]) -> None
         " relay, gateway: without the simulator behind them)."
     )
     print()
-    if "gateway" in targets:
-        print("gateway / relay ratios:")
+    for gw_name in (t for t in targets if t in ("gateway", "gw-limit")):
+        print(f"{gw_name} / relay ratios:")
         for label, scenario in (("requests/s (a)", "nonstream64"), ("streams/s  (b)", "stream64")):
-            gateway_rate = get(scenario, "gateway", "requests_per_s")
+            gateway_rate = get(scenario, gw_name, "requests_per_s")
             relay_rate = get(scenario, "relay", "requests_per_s")
             print(f"  {label}  {ratio(gateway_rate, relay_rate)}")
     print("added at 1 client, p50, vs direct (ms):")
@@ -598,6 +598,12 @@ def main() -> int:
     p.add_argument("--memory-only", action="store_true", help="skip the throughput runs")
     p.add_argument("--json-out", help="also write all results to this JSON file")
     p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (logs, config)")
+    p.add_argument(
+        "--limited-key",
+        action="store_true",
+        help="also measure the gateway with a key that has rpm, tpm and a budget (never"
+        " reached, checked on every request): target gw-limit",
+    )
     a = p.parse_args()
     if a.quick:
         a.duration = min(a.duration, 3.0)
@@ -661,6 +667,21 @@ def main() -> int:
                 raise RuntimeError(f"keys create failed: {made.stderr.decode()[-800:]}")
             text = made.stdout.decode()
             key = json.JSONDecoder().raw_decode(text[text.index("{") :])[0]["key"]
+            limited_key = ""
+            if a.limited_key:
+                limits = ["--rpm", "2000000000", "--tpm", "2000000000", "--budget-usd", "1e9"]
+                made = subprocess.run(
+                    gw
+                    + ["keys", "create", "--name", "bench-limited", "--config", str(cfg)]
+                    + limits
+                    + ["--json"],
+                    capture_output=True,
+                    env=gw_env,
+                    timeout=60,
+                    check=True,
+                )
+                text = made.stdout.decode()
+                limited_key = json.JSONDecoder().raw_decode(text[text.index("{") :])[0]["key"]
             gw_proc = procs.start(
                 "gateway",
                 gw
@@ -680,6 +701,13 @@ def main() -> int:
             wait_healthz(gw_port, gw_proc)
             all_results["gateway_rss_idle_kb"] = rss_kb(gw_proc.pid)
             targets["gateway"] = (f"http://127.0.0.1:{gw_port}/v1", key, ALIAS, gw_proc.pid)
+            if limited_key:
+                targets["gw-limit"] = (
+                    f"http://127.0.0.1:{gw_port}/v1",
+                    limited_key,
+                    ALIAS,
+                    gw_proc.pid,
+                )
 
         names = list(targets)
         print(
