@@ -430,8 +430,15 @@ def print_table(results: dict[str, dict[str, dict]], targets: list[str]) -> None
 # ---------------------------------------------------------------- main
 
 
-def write_config(tmp: Path, gw_port: int, sim_port: int, slow_port: int) -> Path:
+def write_config(
+    tmp: Path, gw_port: int, sim_port: int, slow_port: int, redis_url: str | None = None
+) -> Path:
     cfg = tmp / "bench.toml"
+    cluster = (
+        f'[cluster]\nredis_url = "{redis_url}"\nredis_prefix = "prom-bench-{os.getpid()}:"\n'
+        if redis_url
+        else ""
+    )
     cfg.write_text(f"""\
 [server]
 host = "127.0.0.1"
@@ -451,7 +458,7 @@ provider = "openai"
 base_url = "http://127.0.0.1:{slow_port}/v1"
 api_key = "sk-bench"
 model = "sim-model-slow"
-""")
+{cluster}""")
     return cfg
 
 
@@ -599,6 +606,10 @@ def main() -> int:
     p.add_argument("--json-out", help="also write all results to this JSON file")
     p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (logs, config)")
     p.add_argument(
+        "--redis-url",
+        help="serve with [cluster] redis_url (limits shared through Redis); with --limited-key",
+    )
+    p.add_argument(
         "--limited-key",
         action="store_true",
         help="also measure the gateway with a key that has rpm, tpm and a budget (never"
@@ -655,7 +666,7 @@ def main() -> int:
         if use_gateway:
             slow = procs.start("slow-sim", sim_command(gw, slow_port, a.slow_tps), env)
             wait_port(slow_port, slow, "slow simulator")
-            cfg = write_config(tmp, gw_port, sim_port, slow_port)
+            cfg = write_config(tmp, gw_port, sim_port, slow_port, a.redis_url)
             gw_env = {k: v for k, v in env.items() if not k.startswith("PROMETHEUS_")}
             made = subprocess.run(
                 gw + ["keys", "create", "--name", "bench", "--config", str(cfg), "--json"],
