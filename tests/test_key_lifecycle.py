@@ -153,6 +153,7 @@ def test_admin_routes_with_admin_key_user_key_and_none(two_workers: GatewayProce
     gw = two_workers
     user = new_key(gw, "a-user")
     target = new_key(gw, "a-target")
+    revoked = new_key(gw, "a-revoked")
     wait_for(
         lambda: all(call(gw, "GET", "/admin/keys", user["key"])[0] == 403 for _ in range(6)),
         message="the user key known to both workers",
@@ -167,6 +168,7 @@ def test_admin_routes_with_admin_key_user_key_and_none(two_workers: GatewayProce
         ("POST", f"/admin/keys/{tid}/rotate", {"grace_s": 0}),
         ("POST", "/admin/keys", {"name": "made-by-admin", "budget_usd": 1}),
         ("DELETE", f"/admin/keys/{tid}", None),
+        ("POST", f"/admin/keys/{revoked['id']}/revoke", None),
     ]
     for method, path, body in routes:
         for token, want, code in (
