@@ -26,6 +26,7 @@ test: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy --strict proxy
 	sh deploy/ci/postgres-ready.sh
+	PYTHON=$(BIN)/python bash tests/ensure_redis.sh
 	$(BIN)/pytest -q
 
 bench: install

@@ -500,10 +500,10 @@ def print_table(results: dict[str, dict[str, dict]], targets: list[str]) -> None
         " its threads), the machine's oversubscription as the server felt it."
     )
     print()
-    if "gateway" in targets:
-        print("gateway / relay ratios:")
+    for gw_name in (t for t in targets if t in ("gateway", "gw-limit")):
+        print(f"{gw_name} / relay ratios:")
         for label, scenario in (("requests/s (a)", "nonstream64"), ("streams/s  (b)", "stream64")):
-            gateway_rate = get(scenario, "gateway", "requests_per_s")
+            gateway_rate = get(scenario, gw_name, "requests_per_s")
             relay_rate = get(scenario, "relay", "requests_per_s")
             print(f"  {label}  {ratio(gateway_rate, relay_rate)}")
         for label, scenario in (
@@ -562,8 +562,15 @@ def print_run(scn: str, name: str, r: dict, stream: bool) -> None:
     )
 
 
-def write_config(tmp: Path, gw_port: int, sim_port: int, slow_port: int) -> Path:
+def write_config(
+    tmp: Path, gw_port: int, sim_port: int, slow_port: int, redis_url: str | None = None
+) -> Path:
     cfg = tmp / "bench.toml"
+    cluster = (
+        f'[cluster]\nredis_url = "{redis_url}"\nredis_prefix = "prom-bench-{os.getpid()}:"\n'
+        if redis_url
+        else ""
+    )
     cfg.write_text(f"""\
 [server]
 host = "127.0.0.1"
@@ -583,7 +590,7 @@ provider = "openai"
 base_url = "http://127.0.0.1:{slow_port}/v1"
 api_key = "sk-bench"
 model = "sim-model-slow"
-""")
+{cluster}""")
     return cfg
 
 
@@ -789,6 +796,16 @@ def main() -> int:
     p.add_argument("--memory-only", action="store_true", help="skip the throughput runs")
     p.add_argument("--json-out", help="also write all results to this JSON file")
     p.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (logs, config)")
+    p.add_argument(
+        "--redis-url",
+        help="serve with [cluster] redis_url (limits shared through Redis); with --limited-key",
+    )
+    p.add_argument(
+        "--limited-key",
+        action="store_true",
+        help="also measure the gateway with a key that has rpm, tpm and a budget (never"
+        " reached, checked on every request): target gw-limit",
+    )
     a = p.parse_args()
     if a.quick:
         a.duration = min(a.duration, 3.0)
@@ -845,7 +862,7 @@ def main() -> int:
         if use_gateway:
             slow = procs.start("slow-sim", sim_command(gw, slow_port, a.slow_tps), env)
             wait_port(slow_port, slow, "slow simulator")
-            cfg = write_config(tmp, gw_port, sim_port, slow_port)
+            cfg = write_config(tmp, gw_port, sim_port, slow_port, a.redis_url)
             gw_env = {k: v for k, v in env.items() if not k.startswith("PROMETHEUS_")}
             made = subprocess.run(
                 gw + ["keys", "create", "--name", "bench", "--config", str(cfg), "--json"],
@@ -857,6 +874,21 @@ def main() -> int:
                 raise RuntimeError(f"keys create failed: {made.stderr.decode()[-800:]}")
             text = made.stdout.decode()
             key = json.JSONDecoder().raw_decode(text[text.index("{") :])[0]["key"]
+            limited_key = ""
+            if a.limited_key:
+                limits = ["--rpm", "2000000000", "--tpm", "2000000000", "--budget-usd", "1e9"]
+                made = subprocess.run(
+                    gw
+                    + ["keys", "create", "--name", "bench-limited", "--config", str(cfg)]
+                    + limits
+                    + ["--json"],
+                    capture_output=True,
+                    env=gw_env,
+                    timeout=60,
+                    check=True,
+                )
+                text = made.stdout.decode()
+                limited_key = json.JSONDecoder().raw_decode(text[text.index("{") :])[0]["key"]
             gw_proc = procs.start(
                 "gateway",
                 gw
@@ -879,6 +911,14 @@ def main() -> int:
             all_results["gateway_rss_idle"] = gateway_rss(gw_proc.pid)
             targets["gateway"] = (f"http://127.0.0.1:{gw_port}/v1", key, ALIAS, gw_proc.pid)
             probes["gateway"] = gw_port
+            if limited_key:
+                targets["gw-limit"] = (
+                    f"http://127.0.0.1:{gw_port}/v1",
+                    limited_key,
+                    ALIAS,
+                    gw_proc.pid,
+                )
+                probes["gw-limit"] = gw_port
 
         names = list(targets)
         print(

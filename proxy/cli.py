@@ -81,6 +81,14 @@ def _key_id(text: str) -> str:
     return text
 
 
+def _grace_from_text(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise KeyParamError("grace_s", key_params.GRACE_RULE) from None
+    return key_params.check_grace(value)
+
+
 def cmd_keys_create(args: argparse.Namespace) -> int:
     conn = storage.connect(_config(args).db_path)
     try:
@@ -91,6 +99,8 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
             tpm=args.tpm,
             budget_usd=args.budget_usd,
             models=args.models,
+            budget_period=args.budget_period,
+            expires_at=args.expires_at,
         )
     finally:
         conn.close()
@@ -122,6 +132,89 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
             f"{','.join(r['models']) if r['models'] else 'all'}"
         )
     return 0
+
+
+UPDATE_FIELDS = ("name", "rpm", "tpm", "budget_usd", "budget_period", "models", "expires_at")
+
+
+def cmd_keys_update(args: argparse.Namespace) -> int:
+    changes = {f: getattr(args, f) for f in UPDATE_FIELDS if hasattr(args, f)}
+    if not changes:
+        print("prometheus-gateway: keys update: nothing to change", file=sys.stderr)
+        return 2
+    conn = storage.connect(_config(args).db_path)
+    try:
+        updated = keys.update_key(conn, args.id, changes)
+    finally:
+        conn.close()
+    if updated is None:
+        print(f"no key with id {args.id}", file=sys.stderr)
+        return 1
+    if args.json:
+        _print_json(updated)
+    else:
+        print(f"updated {args.id}: " + ", ".join(f"{k}={updated[k]}" for k in changes))
+    return 0
+
+
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    conn = storage.connect(_config(args).db_path)
+    try:
+        rotated = keys.rotate_key(conn, args.id, args.grace_s)
+    finally:
+        conn.close()
+    if rotated is None:
+        print(f"no active key with id {args.id}", file=sys.stderr)
+        return 1
+    if args.json:
+        _print_json(rotated)
+    else:
+        print(rotated["key"])
+        print(
+            f"id: {args.id}  the old secret works for {args.grace_s:g} s more"
+            "  (the new key is shown only once)",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _or_none(check: Callable[[str], Any]) -> Callable[[str], Any]:
+    """`keys update`: `none` clears a setting, anything else is checked."""
+
+    def parse(text: str) -> Any:
+        return None if text.strip().lower() == "none" else check(text)
+
+    return parse
+
+
+def _add_limit_options(p: argparse.ArgumentParser, update: bool) -> None:
+    wrap = _or_none if update else (lambda check: check)
+    extra: dict[str, Any] = {"default": argparse.SUPPRESS} if update else {}
+    p.add_argument(
+        "--rpm", type=_checked(wrap(lambda t: key_params.limit_from_text("rpm", t))), **extra
+    )
+    p.add_argument(
+        "--tpm", type=_checked(wrap(lambda t: key_params.limit_from_text("tpm", t))), **extra
+    )
+    p.add_argument("--budget-usd", type=_checked(wrap(key_params.budget_from_text)), **extra)
+    p.add_argument(
+        "--budget-period",
+        type=_checked(key_params.check_period),
+        help="the period budget_usd caps: total (default), monthly or daily (UTC)",
+        **extra,
+    )
+    p.add_argument(
+        "--models",
+        type=_checked(wrap(key_params.check_models)),
+        help="comma-separated aliases the key may use (default: every alias)",
+        **extra,
+    )
+    p.add_argument(
+        "--expires-at",
+        type=_checked(key_params.expires_from_text),
+        help="when the key stops working: epoch seconds or ISO 8601 (never: no expiry)",
+        **extra,
+    )
 
 
 def cmd_keys_revoke(args: argparse.Namespace) -> int:
@@ -203,20 +296,30 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int)
     serve.set_defaults(func=cmd_serve)
 
-    key_cmd = sub.add_parser("keys", help="create, list and revoke API keys")
+    key_cmd = sub.add_parser("keys", help="create, list, update, rotate and revoke API keys")
     key_sub = key_cmd.add_subparsers(dest="keys_command", required=True)
     create = with_config(key_sub.add_parser("create", help="mint a new key"))
     create.add_argument("--name", required=True, type=_checked(key_params.check_name))
-    create.add_argument("--rpm", type=_checked(lambda t: key_params.limit_from_text("rpm", t)))
-    create.add_argument("--tpm", type=_checked(lambda t: key_params.limit_from_text("tpm", t)))
-    create.add_argument("--budget-usd", type=_checked(key_params.budget_from_text))
-    create.add_argument(
-        "--models",
-        type=_checked(key_params.check_models),
-        help="comma-separated aliases the key may use (default: every alias)",
-    )
+    _add_limit_options(create, update=False)
     create.add_argument("--json", action="store_true")
     create.set_defaults(func=cmd_keys_create)
+    update = with_config(
+        key_sub.add_parser("update", help="change a key's limits (none clears one)")
+    )
+    update.add_argument("id", type=_key_id)
+    update.add_argument("--name", type=_checked(key_params.check_name), default=argparse.SUPPRESS)
+    _add_limit_options(update, update=True)
+    update.add_argument("--json", action="store_true")
+    update.set_defaults(func=cmd_keys_update)
+    rotate = with_config(
+        key_sub.add_parser(
+            "rotate", help="a new secret for a key; the old one works --grace-s more"
+        )
+    )
+    rotate.add_argument("id", type=_key_id)
+    rotate.add_argument("--grace-s", type=_checked(_grace_from_text), default=0.0)
+    rotate.add_argument("--json", action="store_true")
+    rotate.set_defaults(func=cmd_keys_rotate)
     lst = with_config(key_sub.add_parser("list", help="list keys"))
     lst.add_argument("--json", action="store_true")
     lst.set_defaults(func=cmd_keys_list)
@@ -227,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     usage = with_config(sub.add_parser("usage", help="usage per key, alias and day or week"))
     usage.add_argument("--key-id")
-    usage.add_argument("--by", choices=("day", "week"), default="day")
+    usage.add_argument("--by", choices=("hour", "day", "week"), default="day")
     usage.add_argument("--json", action="store_true")
     usage.add_argument(
         "--central", action="store_true", help="read the cluster's central ledger (PostgreSQL)"

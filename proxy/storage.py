@@ -93,6 +93,17 @@ def migrate_ship(conn: sqlite3.Connection) -> None:
     conn.commit()
 
 
+# Columns `api_keys` gained after its first release: added to an existing file
+# at connect time (ALTER TABLE ADD COLUMN when missing), so an old database
+# keeps working and keeps its keys.
+API_KEY_COLUMNS = (
+    ("expires_at", "REAL"),  # seconds since the epoch; NULL: never
+    ("budget_period", "TEXT"),  # total | monthly | daily; NULL: total
+    ("prev_key_hash", "TEXT"),  # the secret before the last rotation...
+    ("prev_valid_until", "REAL"),  # ...valid until this time (the grace)
+    ("rotated_at", "REAL"),
+)
+
 PRAGMAS = ("PRAGMA journal_mode=WAL", "PRAGMA synchronous=NORMAL", "PRAGMA busy_timeout=5000")
 
 
@@ -116,7 +127,8 @@ def migrate(conn: sqlite3.Connection) -> None:
     once: the second one waits for the first's commit, then finds it there."""
     conn.execute("BEGIN IMMEDIATE")
     try:
-        for table, column, definition in ADDED_COLUMNS:
+        added = ADDED_COLUMNS + tuple(("api_keys", c, d) for c, d in API_KEY_COLUMNS)
+        for table, column, definition in added:
             present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
             if column not in present:
                 conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")

@@ -273,8 +273,10 @@ def test_admin_and_cli_store_the_same_settings(gw: KeysGateway) -> None:
     for created in (by_admin, by_cli):
         row = rows[created["id"]]
         assert {k: row[k] for k in settings} == {**settings, "budget_usd": 0.0}
-        # the restriction holds: the one alias answers, another is refused
-        assert send(gw, "POST", "/v1/chat/completions", bearer(created["key"]), CHAT).status == 200
+        # the restriction holds: the one alias is let through to the key's own limits
+        # (rpm 0, budget 0: refused with 429 since limits are enforced), another is refused
+        allowed = send(gw, "POST", "/v1/chat/completions", bearer(created["key"]), CHAT)
+        assert allowed.status == 429
         other = CHAT.replace(b"prometheus-lite", b"prometheus-pulse")
         refused = send(gw, "POST", "/v1/chat/completions", bearer(created["key"]), other)
         assert_refusal(refused, 403, "model_not_allowed", "model")

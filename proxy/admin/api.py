@@ -1,10 +1,14 @@
 """/admin/*: keys and usage over HTTP, behind `PROMETHEUS_ADMIN_KEY`.
 
-Unset admin key: every admin call is 403. A wrong bearer (any bytes at all): 401,
-compared in constant time. The work is done by the same functions the CLI uses
-(`proxy.auth.keys`, `proxy.usage.report`), on a worker thread with a short-lived
-SQLite connection; a new key's settings pass the same checks as `keys create`
-(`proxy.auth.key_params`). No answer repeats a key or the admin key.
+Unset admin key: every admin call is 403. No bearer: 401. A user's active API
+key: 403 (it is a credential, just not this one). Any other bearer (any bytes
+at all): 401, compared in constant time. The work is done by the same
+functions the CLI uses (`proxy.auth.keys`, `proxy.usage.report`), on a worker
+thread with a short-lived SQLite connection; a key's settings pass the same
+checks as `keys create`/`keys update` (`proxy.auth.key_params`). After a
+change, this worker's key mirror reloads at once; the others within 200 ms
+(and at once for a secret they do not know yet). No answer repeats a key or
+the admin key, except the one new secret a create or a rotation returns.
 """
 
 from __future__ import annotations
@@ -41,6 +45,15 @@ def _check_admin(request: web.Request) -> GatewayState:
     if not token:
         raise errors.missing_key()
     if not hmac.compare_digest(_digest(token), _digest(state.admin_key)):
+        digest = keys.key_digest(token)
+        info = state.keys.find(digest) if digest is not None else None
+        if info is not None and not info.revoked:
+            raise GatewayError(
+                403,
+                "An API key cannot use the admin API: send the admin key.",
+                type="permission_error",
+                code="admin_key_required",
+            )
         raise GatewayError(401, "Incorrect admin key.", code="invalid_admin_key")
     return state
 
@@ -62,11 +75,13 @@ async def _in_db(state: GatewayState, work: Any) -> Any:
     return await asyncio.to_thread(run)
 
 
-async def _read_body(request: web.Request) -> dict[str, Any]:
+async def _read_body(request: web.Request, empty_ok: bool = False) -> dict[str, Any]:
     """The JSON object of an admin call. Parsed with the standard library, which
     reads `NaN`, `Infinity` and `1e400` as numbers, so that the settings' checks can
     name the field they are in (orjson refuses the whole body for them)."""
     raw = await request.read()
+    if empty_ok and not raw.strip():
+        return {}
     try:
         body = json.loads(raw)
     except json.JSONDecodeError as exc:
@@ -84,6 +99,19 @@ def _refusal(exc: KeyParamError) -> GatewayError:
     return errors.invalid_param(exc.param, exc.message)
 
 
+def _key_id(request: web.Request) -> str:
+    key_id = request.match_info["key_id"]
+    if keys.looks_like_key(key_id):
+        raise errors.invalid_param(
+            "key_id", "Name a key by its id (key_...), not by the key itself."
+        )
+    return key_id
+
+
+def _not_found() -> GatewayError:
+    return GatewayError(404, "No key with that id.", code="key_not_found")
+
+
 async def create_key(request: web.Request) -> web.Response:
     state = _check_admin(request)
     body = await _read_body(request)
@@ -94,7 +122,14 @@ async def create_key(request: web.Request) -> web.Response:
     created = await _in_db(
         state,
         lambda c: keys.create_key(
-            c, new.name, rpm=new.rpm, tpm=new.tpm, budget_usd=new.budget_usd, models=new.models
+            c,
+            new.name,
+            rpm=new.rpm,
+            tpm=new.tpm,
+            budget_usd=new.budget_usd,
+            models=new.models,
+            budget_period=new.budget_period,
+            expires_at=new.expires_at,
         ),
     )
     await state.keys.refresh()
@@ -106,28 +141,91 @@ async def list_keys(request: web.Request) -> web.Response:
     return json_response({"object": "list", "data": await _in_db(state, keys.list_keys)})
 
 
+async def get_key(request: web.Request) -> web.Response:
+    state = _check_admin(request)
+    key_id = _key_id(request)
+    found = await _in_db(state, lambda c: keys.get_key(c, key_id))
+    if found is None:
+        raise _not_found()
+    return json_response(found)
+
+
+async def update_key(request: web.Request) -> web.Response:
+    state = _check_admin(request)
+    key_id = _key_id(request)
+    body = await _read_body(request)
+    try:
+        updated = await _in_db(state, lambda c: keys.update_key(c, key_id, body))
+    except KeyParamError as exc:
+        raise _refusal(exc) from None
+    if updated is None:
+        raise _not_found()
+    await state.keys.refresh()
+    return json_response(updated)
+
+
+async def rotate_key(request: web.Request) -> web.Response:
+    state = _check_admin(request)
+    key_id = _key_id(request)
+    grace = (await _read_body(request, empty_ok=True)).get("grace_s", 0)
+    try:
+        rotated = await _in_db(state, lambda c: keys.rotate_key(c, key_id, grace))
+    except KeyParamError as exc:
+        raise _refusal(exc) from None
+    if rotated is None:
+        raise GatewayError(404, "No active key with that id.", code="key_not_found")
+    await state.keys.refresh()
+    return json_response(rotated)
+
+
 async def revoke_key(request: web.Request) -> web.Response:
     state = _check_admin(request)
-    key_id = request.match_info["key_id"]
-    if keys.looks_like_key(key_id):
-        raise errors.invalid_param(
-            "key_id", "Revoke a key by its id (key_...), not by the key itself."
-        )
+    key_id = _key_id(request)
     if not await _in_db(state, lambda c: keys.revoke_key(c, key_id)):
         raise GatewayError(404, "No active key with that id.", code="key_not_found")
     await state.keys.refresh()
     return json_response({"id": key_id, "revoked": True})
 
 
+async def delete_key(request: web.Request) -> web.Response:
+    """Revokes the key; its row stays, so that its usage keeps its name."""
+    state = _check_admin(request)
+    key_id = _key_id(request)
+    if not await _in_db(state, lambda c: keys.revoke_key(c, key_id)):
+        raise GatewayError(404, "No active key with that id.", code="key_not_found")
+    await state.keys.refresh()
+    return json_response({"id": key_id, "deleted": True, "revoked": True})
+
+
+def usage_filters(request: web.Request) -> dict[str, Any]:
+    """`by`, `alias` (or `model`), `from` and `to` of a usage query, checked."""
+    query = request.query
+    by = query.get("by", "day")
+    if by not in usage_report.PERIODS:
+        raise errors.invalid_param("by", "'by' must be 'hour', 'day' or 'week'.")
+    found: dict[str, Any] = {"by": by, "alias": query.get("alias") or query.get("model") or None}
+    for param, name in (("from", "since"), ("to", "until")):
+        text = query.get(param)
+        found[name] = None
+        if text:
+            try:
+                found[name] = usage_report.parse_time(text)
+            except ValueError:
+                raise errors.invalid_param(
+                    param, f"'{param}' must be an ISO 8601 date or time, or epoch seconds."
+                ) from None
+    return found
+
+
 async def usage(request: web.Request) -> web.Response:
     state = _check_admin(request)
-    by = request.query.get("by", "day")
-    if by not in usage_report.PERIODS:
-        raise errors.invalid_param("by", "'by' must be 'day' or 'week'.")
-    key_id = request.query.get("key_id") or None
+    filters = usage_filters(request)
+    key_id = request.query.get("key_id") or request.query.get("key") or None
     if request.query.get("central") in ("1", "true"):  # the cluster's ledger (README)
-        return json_response(await _central_usage(state, key_id, by))
-    rows = await _in_db(state, lambda c: usage_report.query_usage(c, key_id, by))
+        if filters["by"] == "hour":
+            raise errors.invalid_param("by", "The central ledger has 'day' and 'week' only.")
+        return json_response(await _central_usage(state, key_id, filters["by"]))
+    rows = await _in_db(state, lambda c: usage_report.query_usage(c, key_id, **filters))
     return json_response(rows)
 
 

@@ -18,6 +18,7 @@ import math
 from aiohttp import web
 
 from proxy.api.transcript_formats import FORMATS, render, upstream_format
+from proxy.auth.admission import admit
 from proxy.config.model import Deployment
 from proxy.http import errors
 from proxy.http.multipart import Form, Upload, read_form
@@ -80,6 +81,7 @@ async def _transcribe(request: web.Request, form: Form, upload: Upload) -> web.R
     state = request.app[STATE]
     alias, response_format = _check_fields(form)
     route = resolve_route(state.routes, request["key"], alias, "transcription")
+    await admit(request, route, None)  # rpm, and a budget already spent
     probe = await probe_upload(upload)
     transcription = TranscriptionRequest(
         alias=alias,

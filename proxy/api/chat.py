@@ -17,6 +17,8 @@ from aiohttp import web
 from proxy.api.chat_params import check_chat
 from proxy.api.streaming import relay_stream, sse_response
 from proxy.api.timing import served_headers
+from proxy.auth.admission import admit
+from proxy.auth.estimate import chat_estimate
 from proxy.config.model import Deployment
 from proxy.http.bodies import read_json_body, require_alias
 from proxy.metering import tokens
@@ -49,6 +51,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     chat = parse_chat(await read_json_body(request))
     route = resolve_route(state.routes, request["key"], chat.alias, "chat")
+    await admit(request, route, lambda: chat_estimate(chat.body, route.deployments[0].encoding))
 
     async def call(provider: Provider, dep: Deployment) -> Reply:
         return await provider.chat(dep, chat)

@@ -14,6 +14,8 @@ from aiohttp import web
 
 from proxy.api.embeddings_params import check_embeddings
 from proxy.api.timing import served_headers
+from proxy.auth.admission import admit
+from proxy.auth.estimate import embeddings_estimate
 from proxy.config.model import Deployment
 from proxy.http.bodies import read_json_body, require_alias
 from proxy.metering import tokens
@@ -41,6 +43,8 @@ async def create_embeddings(request: web.Request) -> web.Response:
     state = request.app[STATE]
     emb = parse_embeddings(await read_json_body(request))
     route = resolve_route(state.routes, request["key"], emb.alias, "embeddings")
+    inp = emb.body["input"]
+    await admit(request, route, lambda: embeddings_estimate(inp, route.deployments[0].encoding))
 
     async def call(provider: Provider, dep: Deployment) -> Reply:
         return await provider.embeddings(dep, emb)

@@ -3,14 +3,18 @@
 A token not shaped like a key is refused at once. Otherwise it is hashed and
 looked up in the process's `KeyTable` (no database round trip for a known
 key); a miss makes the table re-check SQLite (shared, spaced checks), so a key
-minted a moment ago works. The key found is left on the request as
-`request["key"]` for the handlers. No answer repeats the token.
+minted a moment ago works. A revoked key, an expired one and a rotated-out
+secret past its grace are refused (401, each with its own code). The key
+found is left on the request as `request["key"]` for the handlers. No answer repeats the token.
 """
 
 from __future__ import annotations
 
+import time
+
 from aiohttp import web
 
+from proxy.auth import refusals
 from proxy.auth.key_table import KeyTable
 from proxy.auth.keys import key_digest
 from proxy.http import errors
@@ -38,4 +42,10 @@ async def authenticate(request: web.Request, keys: KeyTable) -> None:
         raise errors.invalid_key()
     if info.revoked:
         raise errors.revoked_key()
+    if info.valid_until is not None or info.expires_at is not None:
+        now = time.time()
+        if info.valid_until is not None and now >= info.valid_until:
+            raise errors.invalid_key()  # a rotated-out secret past its grace
+        if info.expires_at is not None and now >= info.expires_at:
+            raise refusals.expired_key()
     request["key"] = info

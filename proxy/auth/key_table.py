@@ -34,7 +34,7 @@ from pathlib import Path
 import aiosqlite
 
 from proxy import storage
-from proxy.auth.keys import SELECT_KEYS, KeyInfo, row_to_info
+from proxy.auth.keys import SELECT_KEYS, KeyInfo, row_to_infos
 from proxy.background import stop_task
 from proxy.observability.logs import get_logger
 
@@ -119,7 +119,7 @@ class KeyTable:
         if force or version != self._version:
             async with self._db.execute(SELECT_KEYS) as cur:
                 rows = await cur.fetchall()
-            self._by_hash = {info.key_hash: info for info in map(row_to_info, rows)}
+            self._by_hash = {info.key_hash: info for row in rows for info in row_to_infos(row)}
             self._unknown = {}
             self._version = version
 

@@ -188,6 +188,7 @@ def load_config(path: str | None = None, env: dict[str, str] | None = None) -> G
     if cfg_path is not None:
         raw = _read_file(cfg_path)
     server = raw.get("server", {})
+    cluster = raw.get("cluster", {})
     storage = raw.get("storage", {})
     warnings = _parse_models(raw.get("models", {}), routes, env)
     db_path = Path(str(storage.get("path", catalogue.DEFAULT_DB_PATH)))
@@ -209,4 +210,6 @@ def load_config(path: str | None = None, env: dict[str, str] | None = None) -> G
         ship=_ship(raw.get("ship", {}), env),
         cluster_dsn=_cluster_dsn(raw.get("cluster", {}), env),
         metrics_per_key=bool(raw.get("metrics", {}).get("per_key", False)),
+        redis_url=str(cluster["redis_url"]) if cluster.get("redis_url") else None,
+        redis_prefix=str(cluster.get("redis_prefix", "prometheus:")),
     )

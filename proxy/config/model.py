@@ -91,6 +91,8 @@ class GatewayConfig:
     ship: ShipConfig = field(default_factory=ShipConfig)
     cluster_dsn: str = field(default="", repr=False)  # `[cluster] postgres_dsn`
     metrics_per_key: bool = False  # `[metrics] per_key`: a key_id label on /metrics
+    redis_url: str | None = None  # [cluster]: per-key limits shared across machines
+    redis_prefix: str = "prometheus:"
 
     @property
     def journal_dir(self) -> Path:

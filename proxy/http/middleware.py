@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from proxy.auth.admission import release
 from proxy.auth.bearer import authenticate
 from proxy.auth.keys import mask_keys
 from proxy.http import errors
@@ -43,7 +44,13 @@ def _http_error(exc: web.HTTPException, max_body_bytes: int) -> GatewayError:
     if exc.status == 404:
         return GatewayError(404, f"Unknown path: {exc.reason}", code="not_found")
     if exc.status == 405:
-        return GatewayError(405, "Method not allowed for this path.", code="method_not_allowed")
+        allowed = getattr(exc, "allowed_methods", None) or ()
+        return GatewayError(
+            405,
+            "Method not allowed for this path.",
+            code="method_not_allowed",
+            headers={"Allow": ", ".join(sorted(allowed))} if allowed else None,
+        )
     kind = "invalid_request_error" if exc.status < 500 else "api_error"
     return GatewayError(exc.status, exc.text or exc.reason, type=kind)
 
@@ -89,6 +96,8 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
     except Exception:  # a bug must still answer in OpenAI's shape
         state.log.exception("unhandled", request_id=rid)
         response = _error_response(request, errors.internal_error())
+    finally:
+        release(request)  # a key's reservation that no usage record settled
     if not response.prepared:  # a handler that streams sets it itself, before prepare()
         response.headers["x-request-id"] = rid
     log_request(state, request, response.status)

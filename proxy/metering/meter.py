@@ -22,7 +22,9 @@ have seen the prompt. An audio endpoint (`audio=True`) bills the seconds its
 handler gives `bill_audio` instead of tokens, and `audio_source` says where
 they were read (`file`, `upstream`, or `none` when nothing was billed). The record
 goes to the process's `UsageWriter` and is left on the request for the log
-line that `proxy.http.middleware` writes.
+line that `proxy.http.middleware` writes. Writing it settles the request's
+admission (`proxy.auth.admission.Reservation`, when the key's limits made one)
+with the tokens and cost it bills: a failed request gives its reservation back.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from typing import Any
 
 from aiohttp import web
 
+from proxy.auth.admission import RESERVATION
 from proxy.config.model import AliasRoute, Deployment
 from proxy.http.errors import GatewayError
 from proxy.observability import metrics
@@ -198,3 +201,6 @@ class Meter:
         metrics.observe(record)
         if not self._overhead:
             request["usage"] = record
+            reservation = request.get(RESERVATION)
+            if reservation is not None:
+                reservation.settle(input_tokens + output_tokens, record["cost_usd"])

@@ -2,9 +2,13 @@
 opens at start and closes at stop.
 
 Built by `proxy.server.worker.serve_app` in each serving process. Start-up opens the
-SQLite file, loads the key mirror (`proxy.auth.key_table`), starts the usage
-writer (`proxy.usage`), builds the providers, and leaves all of it in one
-`GatewayState` that the middleware and the handlers read.
+SQLite file, loads the key mirror (`proxy.auth.key_table`), maps the machine's
+limits table (`proxy.auth.limits`, seeded by the first worker; Redis too with
+`[cluster] redis_url`), starts the usage writer (`proxy.usage`), builds the
+providers, and leaves all of it in one `GatewayState` that the middleware and
+the handlers read (the limits under `proxy.auth.admission.LIMITS`). A limited
+key's `x-ratelimit-*` headers go on every one of its responses, streams and
+errors included, as each response is prepared.
 """
 
 from __future__ import annotations
@@ -19,8 +23,12 @@ from proxy.admin import api as admin
 from proxy.admin import health as admin_health
 from proxy.admin.dashboard import assets as dashboard_assets
 from proxy.admin.dashboard import data as dashboard
-from proxy.api import audio, chat, docs, embeddings, health, models
+from proxy.api import audio, chat, docs, embeddings, health, models, openapi, usage
+from proxy.auth.admission import HEADERS, LIMITS, Limits
+from proxy.auth.budgets import recorded_spend
 from proxy.auth.key_table import KeyTable
+from proxy.auth.limits import LocalLimits
+from proxy.auth.redis_limits import RedisLimits
 from proxy.config.model import GatewayConfig
 from proxy.http.middleware import gateway_middleware
 from proxy.observability import loop_lag, metrics
@@ -40,8 +48,14 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/audio/transcriptions", audio.create_transcription)
     app.router.add_get("/v1/models", models.list_models)
     app.router.add_get("/v1/models/{model_id}", models.get_model)
+    app.router.add_get("/v1/usage", usage.own_usage)
+    app.router.add_get("/openapi.json", openapi.spec)
     app.router.add_post("/admin/keys", admin.create_key)
     app.router.add_get("/admin/keys", admin.list_keys)
+    app.router.add_get("/admin/keys/{key_id}", admin.get_key)
+    app.router.add_patch("/admin/keys/{key_id}", admin.update_key)
+    app.router.add_delete("/admin/keys/{key_id}", admin.delete_key)
+    app.router.add_post("/admin/keys/{key_id}/rotate", admin.rotate_key)
     app.router.add_post("/admin/keys/{key_id}/revoke", admin.revoke_key)
     app.router.add_get("/admin/usage", admin.usage)
     app.router.add_get("/admin/health", admin_health.health)
@@ -66,6 +80,14 @@ def build_app(config: GatewayConfig) -> web.Application:
         db = await storage.connect_async(config.db_path)
         keys = await KeyTable.open(config.db_path)  # its own connection, not the writer's
         await keys.start()
+        log = get_logger()
+        local = LocalLimits(config.journal_dir / "limits.shm")
+        local.attach(lambda now: recorded_spend(config.db_path, now))
+        remote = None
+        if config.redis_url:
+            remote = RedisLimits(config.redis_url, config.redis_prefix, log)
+            await remote.start()
+        app[LIMITS] = Limits(local, remote, log)
         usage = UsageWriter(config.journal_dir, db, config.db_path)
         usage.start()
         app[STATE] = GatewayState(
@@ -77,7 +99,7 @@ def build_app(config: GatewayConfig) -> web.Application:
             db=db,
             admin_key=os.environ.get("PROMETHEUS_ADMIN_KEY") or None,
             health=HealthBoard(),
-            log=get_logger(),
+            log=log,
         )
 
     async def start_tuning(app: web.Application) -> None:
@@ -94,8 +116,24 @@ def build_app(config: GatewayConfig) -> web.Application:
         for provider in state.providers.values():
             await provider.close()
         await state.db.close()
+        limits = app[LIMITS]
+        if limits.remote is not None:
+            await limits.remote.close()
+        limits.local.close()
 
     app.on_startup.append(startup)
+    app.on_response_prepare.append(_ratelimit_headers)
     app.on_startup.append(start_tuning)
     app.on_cleanup.append(cleanup)
     return app
+
+
+async def _ratelimit_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """A limited key's own x-ratelimit-* headers, over any the upstream sent."""
+    key = request.get("key")
+    if key is None or not key.limited:
+        return
+    headers = request.get(HEADERS)
+    if headers is None:
+        headers = request.app[LIMITS].headers_now(key)
+    response.headers.update(headers)

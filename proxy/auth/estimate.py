@@ -1,0 +1,80 @@
+"""What a request is expected to use, before it is sent: the `tpm` reservation
+and the budget's in-flight estimate that `proxy.auth.admission` makes.
+
+Prompt tokens are counted with tiktoken (the deployment's encoding), images by
+OpenAI's tile formula (`proxy.metering.images`), and the reply is expected to
+use what the request asks at most (`max_completion_tokens`, `max_tokens`,
+times `n`), else `DEFAULT_OUTPUT_TOKENS`. The meter settles the reservation
+with the real usage afterwards, so an estimate only has to be close.
+
+Counting runs on the event loop once the encoding is loaded and the prompt is
+short (a few microseconds), on a worker thread otherwise (the first count of
+a process loads the encoding, ~0.5 s; a long prompt takes longer to encode).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+from proxy.metering import tokens
+from proxy.metering.images import image_part_tokens
+
+DEFAULT_OUTPUT_TOKENS = 256
+INLINE_CHARS = 8192  # prompts up to this size are counted on the loop
+_loaded: set[str] = set()  # encodings this process has loaded
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    audio_seconds: float = 0.0
+
+    @property
+    def tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def output_tokens(body: dict[str, Any]) -> int:
+    most = _int(body.get("max_completion_tokens")) or _int(body.get("max_tokens"))
+    choices = _int(body.get("n")) or 1
+    return (most or DEFAULT_OUTPUT_TOKENS) * choices
+
+
+def _image_tokens(body: dict[str, Any]) -> int:
+    total = 0
+    for msg in body.get("messages") or ():
+        content = msg.get("content") if isinstance(msg, dict) else None
+        if isinstance(content, list):
+            for part in content:
+                if isinstance(part, dict) and part.get("type") == "image_url":
+                    total += image_part_tokens(part)
+    return total
+
+
+async def _count(work: Any, size: int, encoding: str) -> int:
+    if encoding in _loaded and size <= INLINE_CHARS:
+        return int(work())
+    counted = int(await asyncio.to_thread(work))
+    _loaded.add(encoding)
+    return counted
+
+
+async def chat_estimate(body: dict[str, Any], encoding: str) -> Estimate:
+    size = sum(
+        len(str(m.get("content", ""))) for m in body.get("messages") or () if isinstance(m, dict)
+    )
+    prompt = await _count(lambda: tokens.count_chat_input(body, encoding), size, encoding)
+    return Estimate(prompt + _image_tokens(body), output_tokens(body))
+
+
+async def embeddings_estimate(inp: Any, encoding: str) -> Estimate:
+    size = len(inp) if isinstance(inp, str) else sum(len(str(x)) for x in inp)
+    count = await _count(lambda: tokens.count_embedding_input(inp, encoding), size, encoding)
+    return Estimate(count, 0)

@@ -1,0 +1,196 @@
+"""Per-key limits across machines through Redis (`[cluster] redis_url`).
+
+- Two gateway processes with separate SQLite files (two "machines": each has its
+  own database, journal and local limits table) share one key's rpm through
+  the Redis on 127.0.0.1:6379, under a key prefix of this test's own that is
+  deleted afterwards.
+- A Redis of this test's own (a `redis-server` on a free port, stopped by its
+  PID mid-run): the gateway falls back to its per-machine limits, logs it,
+  shows it in `/admin/health`, answers no 5xx, and goes back to Redis when it
+  returns.
+
+Without Redis these tests skip, saying why; in CI (`CI=true`) they fail
+instead: `make test` starts Redis before the suite (tests/ensure_redis.sh).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import secrets
+import shutil
+import sqlite3
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from gateway_process import ADMIN_KEY, GatewayProcess, free_port, gateway_config
+from upstream_app import Upstream
+from waiting import wait_for
+
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+CHAT = {"model": "prometheus-lite", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def _redis_ping(port: int) -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis(host=REDIS_HOST, port=port, socket_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI needs Redis: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def shared_redis() -> str:
+    if not _redis_ping(REDIS_PORT):
+        _unavailable(f"no Redis answers on {REDIS_HOST}:{REDIS_PORT}")
+    return f"redis://{REDIS_HOST}:{REDIS_PORT}/0"
+
+
+@pytest.fixture()
+def prefix() -> Any:
+    import redis
+
+    mine = f"prometheus-test-{secrets.token_hex(6)}:"
+    yield mine
+    client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT)
+    for name in client.scan_iter(match=mine + "*"):
+        client.delete(name)
+
+
+def with_cluster(config: str, url: str, prefix: str) -> str:
+    return config + f'\n[cluster]\nredis_url = "{url}"\nredis_prefix = "{prefix}"\n'
+
+
+def status_of(gw: GatewayProcess, key: str) -> tuple[int, dict[str, str], Any]:
+    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=30)
+    try:
+        conn.request(
+            "POST",
+            "/v1/chat/completions",
+            json.dumps(CHAT),
+            {"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+        )
+        resp = conn.getresponse()
+        raw = resp.read()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, json.loads(raw)
+    finally:
+        conn.close()
+
+
+def health(gw: GatewayProcess) -> dict[str, Any]:
+    conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=30)
+    try:
+        conn.request("GET", "/admin/health", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+        return dict(json.loads(conn.getresponse().read())["limits"])
+    finally:
+        conn.close()
+
+
+def copy_key(src: Path, dst: Path, key_id: str) -> None:
+    """The same key in a second machine's database (same id, same hash)."""
+    with sqlite3.connect(src) as a:
+        row = a.execute("SELECT * FROM api_keys WHERE id = ?", (key_id,)).fetchone()
+        names = [d[1] for d in a.execute("PRAGMA table_info(api_keys)")]
+    with sqlite3.connect(dst) as b:
+        b.execute(
+            f"INSERT INTO api_keys ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
+            row,
+        )
+        b.execute("UPDATE meta SET value = value + 1 WHERE name = 'keys_version'")
+
+
+def test_two_machines_share_one_keys_rpm(
+    shared_redis: str, prefix: str, upstream: Upstream, tmp_path: Path
+) -> None:
+    config = with_cluster(gateway_config(upstream.base_url), shared_redis, prefix)
+    a = GatewayProcess(tmp_path / "machine-a", config).start()
+    b = GatewayProcess(tmp_path / "machine-b", config).start()
+    try:
+        assert a.db_path != b.db_path
+        key = json.loads(a.cli("keys", "create", "--name", "shared", "--rpm", "5", "--json").stdout)
+        copy_key(a.db_path, b.db_path, key["id"])
+        assert health(a)["mode"] == "redis" and health(b)["mode"] == "redis"
+        for _ in range(3):
+            assert status_of(a, key["key"])[0] == 200
+        # machine b's own table has seen nothing of this key: Redis has seen 3
+        status, headers, _ = status_of(b, key["key"])
+        assert status == 200 and headers["x-ratelimit-remaining-requests"] == "1"
+        assert status_of(b, key["key"])[0] == 200
+        status, headers, body = status_of(b, key["key"])
+        assert status == 429 and body["error"]["code"] == "rate_limit_exceeded"
+        assert int(headers["retry-after"]) >= 1
+        assert status_of(a, key["key"])[0] == 429
+    finally:
+        a.stop()
+        b.stop()
+
+
+@pytest.fixture()
+def own_redis(tmp_path: Path) -> Any:
+    """A redis-server of this test's own, on a free port (stopped by its PID)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        _unavailable("redis-server is not installed")
+    port = free_port()
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(lambda: _redis_ping(port), message="the test's own redis-server")
+        yield proc, port
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(10)
+
+
+def test_redis_stopped_mid_run_falls_back_to_machine_limits(
+    own_redis: Any, upstream: Upstream, tmp_path: Path
+) -> None:
+    proc, port = own_redis
+    url = f"redis://127.0.0.1:{port}/0"
+    gw = GatewayProcess(
+        tmp_path / "gw", with_cluster(gateway_config(upstream.base_url), url, "fallback:")
+    ).start()
+    try:
+        key = json.loads(gw.cli("keys", "create", "--name", "fb", "--rpm", "8", "--json").stdout)
+        assert status_of(gw, key["key"])[0] == 200
+        assert health(gw)["mode"] == "redis"
+        proc.terminate()
+        proc.wait(10)
+        statuses = [status_of(gw, key["key"])[0] for _ in range(10)]
+        # no 5xx; the machine's own table still holds the key to its rpm of 8
+        assert all(s < 500 for s in statuses), statuses
+        assert statuses.count(200) == 7 and statuses.count(429) == 3
+        assert health(gw)["mode"] == "local_fallback"
+        assert any(ln.get("event") == "redis_unreachable" for ln in gw.log_lines())
+        # Redis back (empty): the gateway uses it again
+        back = subprocess.Popen(
+            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""],
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_for(lambda: health(gw)["mode"] == "redis", message="Redis used again")
+            assert any(ln.get("event") == "redis_restored" for ln in gw.log_lines())
+            # the machine's own window is still full: refused before Redis is asked
+            assert status_of(gw, key["key"])[0] == 429
+        finally:
+            back.terminate()
+            back.wait(10)
+    finally:
+        gw.stop()
