@@ -15,6 +15,7 @@ test alias's deployment names one), so one server serves every case:
 - `huge`: a 50 KB JSON reply, or one 10 KB SSE event;
 - `rate-limited`: a 429 with `Retry-After: 7`; `rate-limited-ms`: with `retry-after-ms: 300`;
 - `slow-first-token`: a stream whose first content comes after `SLOW_FIRST_TOKEN_S`;
+- `details`: usage with cached (6) and reasoning (3) tokens in its details;
 - anything else: a normal reply with sane usage (and `x-ratelimit-*` headers);
 - any GET (an image URL, say) is recorded as `(path, "GET")`.
 
@@ -50,6 +51,15 @@ def _usage(model: str) -> bytes:
     }
     if model == "usage-notjson":
         return b'{"prompt_tokens": 10, "completion_tokens": 4,,}'
+    if model == "details":  # a reasoning model's report, with a cache hit
+        return orjson.dumps(
+            {
+                "prompt_tokens": 10,
+                "completion_tokens": 4,
+                "prompt_tokens_details": {"cached_tokens": 6},
+                "completion_tokens_details": {"reasoning_tokens": 3},
+            }
+        )
     return orjson.dumps(bad.get(model, {"prompt_tokens": 10, "completion_tokens": 4}))
 
 

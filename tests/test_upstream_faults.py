@@ -41,7 +41,16 @@ def _deployment(alias: str, base_url: str, model: str, extra: str = "") -> str:
 
 
 def _config(base_url: str) -> str:
-    cases = [*BAD_USAGE, "ok", "html", "slow-headers", "leaky-500", "echo-key-400", "redirect"]
+    cases = [
+        *BAD_USAGE,
+        "ok",
+        "details",
+        "html",
+        "slow-headers",
+        "leaky-500",
+        "echo-key-400",
+        "redirect",
+    ]
     cases += ["trickle", "huge"]
     text = '[storage]\npath = "gateway.db"\n'
     for case in cases:
@@ -333,3 +342,24 @@ def test_each_fault_what_the_client_sees_what_is_recorded_and_the_breaker_after(
     )
     if code is not None:
         assert after["last_error"] == code
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_cached_and_reasoning_tokens_are_kept_and_shown_by_usage(
+    gw: GatewayProcess, stream: bool
+) -> None:
+    key = gw.create_key(f"details-{stream}")
+    client = openai.OpenAI(base_url=gw.base_url, api_key=key["key"], max_retries=0)
+    client.chat.completions.create(
+        model="f-details", messages=MESSAGES, stream=stream, reasoning_effort="high"
+    )
+    rows = wait_for(
+        lambda: gw.db_rows(
+            "SELECT cached_tokens, reasoning_tokens FROM requests WHERE key_id = ?", key["id"]
+        ),
+        message="the record",
+    )
+    assert rows == [(6, 3)]
+    [usage] = gw.usage(key["id"])
+    assert (usage["cached_tokens"], usage["reasoning_tokens"]) == (6, 3)
+    assert (usage["input_tokens"], usage["output_tokens"]) == (10, 4)

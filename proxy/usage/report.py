@@ -36,7 +36,8 @@ def query_usage(
         raise ValueError("by must be 'hour', 'day' or 'week'")
     sql = (
         f"SELECT r.key_id, r.model, {PERIODS[by]} AS period, r.status, r.input_tokens,"
-        " r.output_tokens, r.audio_seconds, r.cost_usd, r.latency_ms, r.ttft_ms, k.name"
+        " r.output_tokens, r.audio_seconds, r.cost_usd, r.latency_ms, r.ttft_ms, k.name,"
+        " r.cached_tokens, r.reasoning_tokens"
         " FROM requests r LEFT JOIN api_keys k ON k.id = r.key_id"
     )
     where: list[str] = []
@@ -54,9 +55,21 @@ def query_usage(
         sql += " WHERE " + " AND ".join(where)
     sql += " ORDER BY period, r.key_id, r.model"
     groups: dict[tuple[str, str, str], dict[str, Any]] = {}
-    for kid, model, period, status, tin, tout, audio, cost, lat, ttft, name in conn.execute(
-        sql, args
-    ):
+    for (
+        kid,
+        model,
+        period,
+        status,
+        tin,
+        tout,
+        audio,
+        cost,
+        lat,
+        ttft,
+        name,
+        cached,
+        reasoning,
+    ) in conn.execute(sql, args):
         row = groups.get((kid, model, period))
         if row is None:
             row = groups[(kid, model, period)] = {
@@ -68,6 +81,8 @@ def query_usage(
                 "errors": 0,
                 "input_tokens": 0,
                 "output_tokens": 0,
+                "cached_tokens": 0,
+                "reasoning_tokens": 0,
                 "audio_seconds": 0.0,
                 "cost_usd": 0.0,
                 "_lat": [],
@@ -77,6 +92,8 @@ def query_usage(
         row["errors"] += status >= 400
         row["input_tokens"] += tin
         row["output_tokens"] += tout
+        row["cached_tokens"] += cached or 0
+        row["reasoning_tokens"] += reasoning or 0
         row["audio_seconds"] += audio
         row["cost_usd"] += cost
         row["_lat"].append(lat)
