@@ -22,7 +22,8 @@ first. Streams are the real event sequence (`message_start`, pings,
 `message_stop`), each event written in two pieces cut mid-event, with pauses.
 
 Magic words in the last user text: `__status_NNN__` (529, 429 with
-`retry-after: 13`, 400, 401, 500) answers that error; `__cache__` reports
+`retry-after: 13`, 400, 401, 500) answers that error; `__slow_first__` sends
+the stream's start at once and its text after `SLOW_FIRST_S`; `__cache__` reports
 `CACHE_READ` cache reads and `CACHE_WRITE` cache writes; `__stream_error__`
 sends an `overloaded_error` event after two words; `__cut__` drops the
 connection after two words; `__hold_after_3__` streams three words (and,
@@ -90,6 +91,9 @@ def input_tokens(body: dict[str, Any]) -> int:
         if isinstance(block, dict):
             words += len(str(block.get("text", "")).split())
     return words + 7
+
+
+SLOW_FIRST_S = 1.0
 
 
 class Invalid(Exception):
@@ -375,6 +379,9 @@ class AnthropicUpstream(ThreadedServer):
         words_sent = 0
         held = False
         try:
+            if "__slow_first__" in magic:  # the start and a ping at once, the text later
+                await self._send(resp, events)
+                await asyncio.sleep(SLOW_FIRST_S)
             for index, block in enumerate(reply["blocks"]):
                 for event in self._block_events(index, block):
                     events.append(event)

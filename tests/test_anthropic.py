@@ -98,6 +98,9 @@ def _config(base: str) -> str:
             'api_key_env = "ANTHROPIC_API_KEY"\n',
         )
         + _deployment("prometheus-lite", base, "claude-haiku-test", key)
+        + _deployment(
+            "team-slow-token", base, "claude-haiku-test", key + "first_token_timeout_s = 0.3\n"
+        )
         + _deployment("prometheus-atlas", base, "claude-haiku-test", key)
         + _deployment("team-failover", base, "claude-overloaded", key + "weight = 1000000\n")
         + _deployment(
@@ -1065,3 +1068,15 @@ def test_no_upstream_stream_breaks_the_translator(events: list[Any], json_tool: 
         assert block.startswith(b"data: ")
         if block != b"data: [DONE]":
             json.loads(block[6:])
+
+
+def test_an_anthropic_stream_without_a_first_token_in_time_ends_with_a_timeout_event(
+    gw: GatewayProcess, client: openai.OpenAI
+) -> None:
+    messages = [{"role": "user", "content": "__slow_first__ take your time"}]
+    with pytest.raises(openai.APIError) as caught:
+        for _ in client.chat.completions.create(
+            model="team-slow-token", messages=messages, stream=True
+        ):
+            pass
+    assert "upstream" in str(caught.value).lower()

@@ -19,7 +19,12 @@ from proxy.config.model import Deployment
 from proxy.providers.anthropic.response import Completion
 from proxy.providers.anthropic.stream import StreamTranslator
 from proxy.providers.base import Reply
-from proxy.providers.openai.replies import MIB, client_errors, read_all
+from proxy.providers.openai.replies import (
+    MIB,
+    client_errors,
+    pieces_until_first_token,
+    read_all,
+)
 
 
 class _HttpReply(Reply):
@@ -69,7 +74,7 @@ class MessagesStreamReply(_HttpReply):
     async def chunks(self) -> AsyncIterator[bytes]:
         translator = self._translator
         try:
-            async for piece in self._resp.content.iter_any():
+            async for piece in pieces_until_first_token(self._resp, self._deployment, self):
                 out = translator.feed(piece)
                 if self.first_content_at is None and translator.first_content:
                     self.first_content_at = perf_counter()

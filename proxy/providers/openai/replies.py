@@ -108,6 +108,28 @@ async def read_all(resp: aiohttp.ClientResponse, limit: int) -> bytes:
         resp.release()
 
 
+async def pieces_until_first_token(
+    resp: aiohttp.ClientResponse, deployment: Deployment, reply: Reply
+) -> AsyncIterator[bytes]:
+    """The upstream's body piece by piece, the wait for each bounded by the
+    deployment's `first_token_timeout_s` until `reply.first_content_at` is set
+    (the translating replies' form of `SseChatReply`'s own loop)."""
+    pieces = resp.content.iter_any().__aiter__()
+    deadline = asyncio.get_running_loop().time() + deployment.first_token_timeout_s
+    while reply.first_content_at is None:
+        try:
+            async with asyncio.timeout_at(deadline):
+                piece = await pieces.__anext__()
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            limit = deployment.first_token_timeout_s
+            raise UpstreamTimeout(f"no first token within {limit} s") from None
+        yield piece
+    async for piece in pieces:
+        yield piece
+
+
 def _json_object(raw: bytes) -> dict[str, Any]:
     try:
         data = orjson.loads(raw)
