@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sqlite3
 import sys
 from collections.abc import Callable
+from contextlib import closing
 from typing import Any
 
 import orjson
@@ -26,6 +28,11 @@ from proxy.usage import report as usage_report
 
 def _print_json(value: Any) -> None:
     sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+def _database(args: argparse.Namespace) -> closing[sqlite3.Connection]:
+    """The config's SQLite file, closed when the `with` block ends."""
+    return closing(storage.connect(_config(args).db_path))
 
 
 def _config(args: argparse.Namespace) -> GatewayConfig:
@@ -90,8 +97,7 @@ def _grace_from_text(text: str) -> float:
 
 
 def cmd_keys_create(args: argparse.Namespace) -> int:
-    conn = storage.connect(_config(args).db_path)
-    try:
+    with _database(args) as conn:
         created = keys.create_key(
             conn,
             args.name,
@@ -102,8 +108,6 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
             budget_period=args.budget_period,
             expires_at=args.expires_at,
         )
-    finally:
-        conn.close()
     if args.json:
         _print_json(created)
     else:
@@ -116,11 +120,8 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_list(args: argparse.Namespace) -> int:
-    conn = storage.connect(_config(args).db_path)
-    try:
+    with _database(args) as conn:
         rows = keys.list_keys(conn)
-    finally:
-        conn.close()
     if args.json:
         _print_json(rows)
         return 0
@@ -142,11 +143,8 @@ def cmd_keys_update(args: argparse.Namespace) -> int:
     if not changes:
         print("prometheus-gateway: keys update: nothing to change", file=sys.stderr)
         return 2
-    conn = storage.connect(_config(args).db_path)
-    try:
+    with _database(args) as conn:
         updated = keys.update_key(conn, args.id, changes)
-    finally:
-        conn.close()
     if updated is None:
         print(f"no key with id {args.id}", file=sys.stderr)
         return 1
@@ -158,11 +156,8 @@ def cmd_keys_update(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_rotate(args: argparse.Namespace) -> int:
-    conn = storage.connect(_config(args).db_path)
-    try:
+    with _database(args) as conn:
         rotated = keys.rotate_key(conn, args.id, args.grace_s)
-    finally:
-        conn.close()
     if rotated is None:
         print(f"no active key with id {args.id}", file=sys.stderr)
         return 1
@@ -218,11 +213,8 @@ def _add_limit_options(p: argparse.ArgumentParser, update: bool) -> None:
 
 
 def cmd_keys_revoke(args: argparse.Namespace) -> int:
-    conn = storage.connect(_config(args).db_path)
-    try:
+    with _database(args) as conn:
         done = keys.revoke_key(conn, args.id)
-    finally:
-        conn.close()
     if args.json:
         _print_json({"id": args.id, "revoked": done})
     else:
@@ -244,11 +236,8 @@ def cmd_usage(args: argparse.Namespace) -> int:
     if args.central:
         rows = _central_usage(config, args.key_id, args.by)
     else:
-        conn = storage.connect(config.db_path)
-        try:
+        with closing(storage.connect(config.db_path)) as conn:
             rows = usage_report.query_usage(conn, args.key_id, args.by)
-        finally:
-            conn.close()
     if args.json:
         _print_json(rows)
         return 0
