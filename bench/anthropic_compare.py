@@ -36,6 +36,8 @@ from pathlib import Path
 from compare import (
     Procs,
     _raise_nofile,
+    bench_config,
+    deployment_toml,
     fmt,
     free_port,
     gateway_command,
@@ -51,28 +53,16 @@ ANTHROPIC_ALIAS = "prometheus-spark"
 
 
 def write_config(tmp: Path, gw_port: int, openai_port: int, anthropic_port: int) -> Path:
-    cfg = tmp / "bench.toml"
-    cfg.write_text(f"""\
-[server]
-host = "127.0.0.1"
-port = {gw_port}
-
-[storage]
-path = "{tmp / "bench.db"}"
-
-[[models.{OPENAI_ALIAS}.deployments]]
-provider = "openai"
-base_url = "http://127.0.0.1:{openai_port}/v1"
-api_key = "sk-bench"
-model = "sim-model"
-
-[[models.{ANTHROPIC_ALIAS}.deployments]]
-provider = "anthropic"
-base_url = "http://127.0.0.1:{anthropic_port}"
-api_key = "sk-ant-bench"
-model = "claude-bench"
-""")
-    return cfg
+    openai_url = f"http://127.0.0.1:{openai_port}/v1"
+    anthropic_url = f"http://127.0.0.1:{anthropic_port}"
+    return bench_config(
+        tmp,
+        gw_port,
+        deployment_toml(OPENAI_ALIAS, "openai", openai_url, "sk-bench", "sim-model")
+        + deployment_toml(
+            ANTHROPIC_ALIAS, "anthropic", anthropic_url, "sk-ant-bench", "claude-bench"
+        ),
+    )
 
 
 def translator_rate(streams: int = 2000, rounds: int = 5) -> dict[str, float]:

@@ -562,36 +562,40 @@ def print_run(scn: str, name: str, r: dict, stream: bool) -> None:
     )
 
 
+def deployment_toml(alias: str, provider: str, base_url: str, api_key: str, model: str) -> str:
+    return (
+        f'\n[[models.{alias}.deployments]]\nprovider = "{provider}"\nbase_url = "{base_url}"\n'
+        f'api_key = "{api_key}"\nmodel = "{model}"\n'
+    )
+
+
+def bench_config(tmp: Path, gw_port: int, body: str) -> Path:
+    """The gateway's config file for a bench run: its port, a database in `tmp`,
+    and `body` (deployments and any other tables)."""
+    cfg = tmp / "bench.toml"
+    db = tmp / "bench.db"
+    head = f'[server]\nhost = "127.0.0.1"\nport = {gw_port}\n\n[storage]\npath = "{db}"\n'
+    cfg.write_text(head + body)
+    return cfg
+
+
 def write_config(
     tmp: Path, gw_port: int, sim_port: int, slow_port: int, redis_url: str | None = None
 ) -> Path:
-    cfg = tmp / "bench.toml"
     cluster = (
-        f'[cluster]\nredis_url = "{redis_url}"\nredis_prefix = "prom-bench-{os.getpid()}:"\n'
+        f'\n[cluster]\nredis_url = "{redis_url}"\nredis_prefix = "prom-bench-{os.getpid()}:"\n'
         if redis_url
         else ""
     )
-    cfg.write_text(f"""\
-[server]
-host = "127.0.0.1"
-port = {gw_port}
-
-[storage]
-path = "{tmp / "bench.db"}"
-
-[[models.{ALIAS}.deployments]]
-provider = "openai"
-base_url = "http://127.0.0.1:{sim_port}/v1"
-api_key = "sk-bench"
-model = "sim-model"
-
-[[models.{SLOW_ALIAS}.deployments]]
-provider = "openai"
-base_url = "http://127.0.0.1:{slow_port}/v1"
-api_key = "sk-bench"
-model = "sim-model-slow"
-{cluster}""")
-    return cfg
+    return bench_config(
+        tmp,
+        gw_port,
+        deployment_toml(ALIAS, "openai", f"http://127.0.0.1:{sim_port}/v1", "sk-bench", "sim-model")
+        + deployment_toml(
+            SLOW_ALIAS, "openai", f"http://127.0.0.1:{slow_port}/v1", "sk-bench", "sim-model-slow"
+        )
+        + cluster,
+    )
 
 
 def sim_command(gw: list[str] | None, port: int, tps: float) -> list[str]:
