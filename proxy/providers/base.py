@@ -23,6 +23,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeGuard
 
+from multidict import CIMultiDictProxy
+
 from proxy.config.model import Deployment
 from proxy.http.errors import GatewayError
 
@@ -38,6 +40,28 @@ class UpstreamBadReply(UpstreamUnavailable):
 
 class UpstreamTimeout(Exception):
     """The upstream did not answer in time."""
+
+
+class Body(Protocol):
+    def iter_any(self) -> AsyncIterator[bytes]: ...
+
+
+class UpstreamAnswer(Protocol):
+    """What the replies read of an upstream's answer: `aiohttp.ClientResponse`
+    or `proxy.providers.http1.Http1Response`."""
+
+    @property
+    def status(self) -> int: ...
+    @property
+    def headers(self) -> CIMultiDictProxy[str]: ...
+    @property
+    def content_type(self) -> str: ...
+    @property
+    def content_length(self) -> int | None: ...
+    @property
+    def content(self) -> Body: ...
+    def release(self) -> Any: ...
+    def close(self) -> None: ...
 
 
 MAX_COUNT = 2**31

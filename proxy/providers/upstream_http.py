@@ -1,7 +1,10 @@
 """The HTTP transport every HTTP provider (openai, anthropic) sends through.
 
-One `aiohttp.ClientSession` per provider per process keeps upstream
-connections alive (at most `MAX_CONNECTIONS`). A post never follows a
+JSON posts (chat, embeddings) go through `proxy.providers.http1`, a lean
+keep-alive HTTP/1.1 client with the request head built once per deployment;
+multipart uploads (transcription) through one `aiohttp.ClientSession`. Each
+keeps upstream connections alive (at most `MAX_CONNECTIONS` per provider per
+process). Both answer with the same surface (`UpstreamAnswer`). A post never follows a
 redirect (a 307 would re-send the prompt elsewhere); an answer that does not
 begin within the deployment's `first_byte_timeout_s` is an `UpstreamTimeout`,
 a connection failure an `UpstreamUnavailable`; `total_timeout_s`, the idle
@@ -22,7 +25,13 @@ from yarl import URL
 from proxy.config.model import Deployment
 from proxy.http import errors
 from proxy.http.errors import GatewayError
-from proxy.providers.base import FailedReply, UpstreamTimeout, UpstreamUnavailable
+from proxy.providers.base import (
+    FailedReply,
+    UpstreamAnswer,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from proxy.providers.http1 import Head, Http1Pool
 from proxy.providers.openai.replies import MIB, read_all
 
 MAX_CONNECTIONS = 1024  # upstream connections per provider per process
@@ -35,7 +44,7 @@ ErrorMapper = Callable[[int, bytes, "str | None", str], GatewayError]
 class _Prepared:
     """What a post needs per deployment that never changes: built once."""
 
-    __slots__ = ("deployment", "headers", "timeout")
+    __slots__ = ("deployment", "headers", "timeout", "heads", "max_body")
 
     def __init__(self, deployment: Deployment, headers: dict[str, str]) -> None:
         self.deployment = deployment  # held so that the id() key stays this object's
@@ -45,12 +54,21 @@ class _Prepared:
             sock_connect=deployment.connect_timeout_s,
             sock_read=deployment.timeout_s,
         )
+        self.heads: dict[URL, Head] = {}
+        self.max_body = int(deployment.max_reply_mb * MIB)
+
+    def head(self, url: URL) -> Head:
+        head = self.heads.get(url)
+        if head is None:
+            head = self.heads[url] = Head(url, self.headers)
+        return head
 
 
 class UpstreamHttp:
     def __init__(self, headers_for: Callable[[Deployment], dict[str, str]]) -> None:
         self._headers_for = headers_for
         self._session: aiohttp.ClientSession | None = None
+        self._pool: Http1Pool | None = None
         self._prepared: dict[int, _Prepared] = {}
 
     def _prepare(self, deployment: Deployment) -> _Prepared:
@@ -76,11 +94,23 @@ class UpstreamHttp:
         url: URL,
         data: Any,
         headers: dict[str, str] | None = None,
-    ) -> aiohttp.ClientResponse:
+    ) -> UpstreamAnswer:
         """The upstream's answer once its status and headers arrived."""
         prep = self._prepare(deployment)
         try:
             async with asyncio.timeout(deployment.first_byte_timeout_s):
+                if isinstance(data, bytes) and headers is None:
+                    pool = self._pool
+                    if pool is None:
+                        pool = self._pool = Http1Pool(MAX_CONNECTIONS)
+                    return await pool.post(
+                        prep.head(url),
+                        data,
+                        connect_s=deployment.connect_timeout_s,
+                        read_s=deployment.timeout_s,
+                        total_s=deployment.total_timeout_s,
+                        max_body=prep.max_body,
+                    )
                 return await self._get_session().post(
                     url,
                     data=data,
@@ -94,12 +124,14 @@ class UpstreamHttp:
             raise UpstreamUnavailable(str(exc) or type(exc).__name__) from exc
 
     async def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
         if self._session is not None:
             await self._session.close()
 
 
 async def failed_reply(
-    resp: aiohttp.ClientResponse, deployment: Deployment, mapper: ErrorMapper
+    resp: UpstreamAnswer, deployment: Deployment, mapper: ErrorMapper
 ) -> FailedReply:
     """An answer that is not a success: what the client sees if no other
     deployment takes the request."""
@@ -118,7 +150,7 @@ async def failed_reply(
     return failed
 
 
-def not_an_event_stream(resp: aiohttp.ClientResponse) -> FailedReply | None:
+def not_an_event_stream(resp: UpstreamAnswer) -> FailedReply | None:
     """A stream request answered with anything but SSE is a bad reply."""
     if resp.content_type == "text/event-stream":
         return None

@@ -16,7 +16,6 @@ reply.
 
 from __future__ import annotations
 
-import aiohttp
 import orjson
 from yarl import URL
 
@@ -32,6 +31,7 @@ from proxy.providers.base import (
     FailedReply,
     Reply,
     TranscriptionRequest,
+    UpstreamAnswer,
 )
 from proxy.providers.upstream_http import UpstreamHttp, failed_reply, not_an_event_stream
 
@@ -56,14 +56,14 @@ class AnthropicProvider:
         self._http = UpstreamHttp(_headers)
         self._urls: dict[str, URL] = {}
 
-    async def _post(self, deployment: Deployment, payload: bytes) -> aiohttp.ClientResponse:
+    async def _post(self, deployment: Deployment, payload: bytes) -> UpstreamAnswer:
         url = self._urls.get(deployment.base_url)
         if url is None:
             url = self._urls[deployment.base_url] = messages_url(deployment.base_url)
         return await self._http.post(deployment, url, payload)
 
     @staticmethod
-    async def _failed(resp: aiohttp.ClientResponse, deployment: Deployment) -> FailedReply:
+    async def _failed(resp: UpstreamAnswer, deployment: Deployment) -> FailedReply:
         return await failed_reply(resp, deployment, upstream_error)
 
     async def chat(self, deployment: Deployment, request: ChatRequest) -> Reply:

@@ -18,7 +18,7 @@ import aiohttp
 from proxy.config.model import Deployment
 from proxy.providers.anthropic.response import Completion
 from proxy.providers.anthropic.stream import StreamTranslator
-from proxy.providers.base import Reply
+from proxy.providers.base import Reply, UpstreamAnswer
 from proxy.providers.openai.replies import (
     MIB,
     client_errors,
@@ -30,7 +30,7 @@ from proxy.providers.openai.replies import (
 class _HttpReply(Reply):
     def __init__(
         self,
-        resp: aiohttp.ClientResponse,
+        resp: UpstreamAnswer,
         alias: str,
         deployment: Deployment,
         json_tool: str | None,
@@ -61,7 +61,7 @@ class MessagesReply(_HttpReply):
 class MessagesStreamReply(_HttpReply):
     def __init__(
         self,
-        resp: aiohttp.ClientResponse,
+        resp: UpstreamAnswer,
         alias: str,
         deployment: Deployment,
         json_tool: str | None,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import aiohttp
 import orjson
 from yarl import URL
 
@@ -25,6 +24,7 @@ from proxy.providers.base import (
     FailedReply,
     Reply,
     TranscriptionRequest,
+    UpstreamAnswer,
 )
 from proxy.providers.openai.errors import upstream_error
 from proxy.providers.openai.replies import EmbeddingsReply, JsonChatReply, SseChatReply
@@ -53,13 +53,13 @@ class OpenAIProvider:
 
     async def _post(
         self, deployment: Deployment, endpoint: str, body: dict[str, Any]
-    ) -> aiohttp.ClientResponse:
+    ) -> UpstreamAnswer:
         return await self._http.post(
             deployment, self._url(deployment, endpoint), orjson.dumps(body)
         )
 
     @staticmethod
-    async def _failed(resp: aiohttp.ClientResponse, deployment: Deployment) -> FailedReply:
+    async def _failed(resp: UpstreamAnswer, deployment: Deployment) -> FailedReply:
         return await failed_reply(resp, deployment, upstream_error)
 
     async def chat(self, deployment: Deployment, request: ChatRequest) -> Reply:

@@ -27,6 +27,7 @@ from _fastpath import SseRewriter, encode_alias, rewrite_model
 from proxy.config.model import Deployment
 from proxy.providers.base import (
     Reply,
+    UpstreamAnswer,
     UpstreamBadReply,
     UpstreamTimeout,
     UpstreamUnavailable,
@@ -91,7 +92,7 @@ def client_errors(exc: BaseException) -> Exception:
     return UpstreamUnavailable(str(exc) or type(exc).__name__)
 
 
-async def read_all(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+async def read_all(resp: UpstreamAnswer, limit: int) -> bytes:
     """The whole body, or `UpstreamBadReply` past `limit` bytes."""
     try:
         if resp.content_length is not None and resp.content_length > limit:
@@ -109,7 +110,7 @@ async def read_all(resp: aiohttp.ClientResponse, limit: int) -> bytes:
 
 
 async def pieces_until_first_token(
-    resp: aiohttp.ClientResponse, deployment: Deployment, reply: Reply
+    resp: UpstreamAnswer, deployment: Deployment, reply: Reply
 ) -> AsyncIterator[bytes]:
     """The upstream's body piece by piece, the wait for each bounded by the
     deployment's `first_token_timeout_s` until `reply.first_content_at` is set
@@ -140,14 +141,14 @@ def _json_object(raw: bytes) -> dict[str, Any]:
     return data
 
 
-def rate_limit_headers(resp: aiohttp.ClientResponse) -> dict[str, str] | None:
+def rate_limit_headers(resp: UpstreamAnswer) -> dict[str, str] | None:
     """The upstream's `x-ratelimit-*` headers, which the client's SDK reads too."""
     found = {k: v for k, v in resp.headers.items() if k.lower().startswith("x-ratelimit-")}
     return found or None
 
 
 class _HttpReply(Reply):
-    def __init__(self, resp: aiohttp.ClientResponse, alias: str, deployment: Deployment) -> None:
+    def __init__(self, resp: UpstreamAnswer, alias: str, deployment: Deployment) -> None:
         self._resp = resp
         self._alias = alias
         self._deployment = deployment
@@ -206,7 +207,7 @@ class EmbeddingsReply(_HttpReply):
 class SseChatReply(_HttpReply):
     def __init__(
         self,
-        resp: aiohttp.ClientResponse,
+        resp: UpstreamAnswer,
         alias: str,
         deployment: Deployment,
         include_usage: bool,

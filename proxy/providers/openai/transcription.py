@@ -33,12 +33,13 @@ from proxy.providers.base import (
     Reply,
     TranscriptionReply,
     TranscriptionRequest,
+    UpstreamAnswer,
     UpstreamBadReply,
 )
 from proxy.providers.openai.replies import MIB, read_all
 from proxy.providers.upstream_http import UpstreamHttp
 
-Failed = Callable[[aiohttp.ClientResponse, Deployment], Awaitable[FailedReply]]
+Failed = Callable[[UpstreamAnswer, Deployment], Awaitable[FailedReply]]
 
 
 class UploadPayload(aiohttp.Payload):
@@ -91,7 +92,7 @@ def reported_seconds(data: dict[str, Any]) -> float | None:
 
 
 class JsonTranscriptionReply(TranscriptionReply):
-    def __init__(self, resp: aiohttp.ClientResponse, deployment: Deployment) -> None:
+    def __init__(self, resp: UpstreamAnswer, deployment: Deployment) -> None:
         self._resp = resp
         self._deployment = deployment
         self.status = resp.status
