@@ -37,7 +37,8 @@ import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-READ_HIGH_WATER = 256 * 1024  # bytes buffered before the socket stops being read
+from proxy.providers.http1_answer import Http1Response
+
 KEEPALIVE_S = 60.0  # an idle connection older than this is closed, not reused
 ACCEPT_ENCODING = b"gzip, deflate"
 
@@ -66,139 +67,6 @@ class Head:
 
     def request(self, body: bytes) -> tuple[bytes, bytes]:
         return self.prefix + str(len(body)).encode() + b"\r\n\r\n", body
-
-
-class Http1Response:
-    """One answer: the head once it arrived, then the body piece by piece."""
-
-    __slots__ = (
-        "status",
-        "headers",
-        "content_type",
-        "content_length",
-        "_conn",
-        "_pieces",
-        "_buffered",
-        "_eof",
-        "_exc",
-        "_waiter",
-        "_read_s",
-        "_deadline",
-        "_loop",
-    )
-
-    def __init__(self, conn: _Connection, status: int, headers: CIMultiDictProxy[str]) -> None:
-        self._conn: _Connection | None = conn
-        self._loop = conn.loop
-        self.status = status
-        self.headers = headers
-        ctype = headers.get("Content-Type", "application/octet-stream")
-        self.content_type = ctype.partition(";")[0].strip().lower()
-        length = headers.get("Content-Length")
-        self.content_length = int(length) if length is not None and length.isdigit() else None
-        self._pieces: deque[bytes] = deque()
-        self._buffered = 0
-        self._eof = False
-        self._exc: BaseException | None = None
-        self._waiter: asyncio.Future[None] | None = None
-        self._read_s = conn.read_s
-        self._deadline = conn.deadline
-
-    @property
-    def content(self) -> Http1Response:
-        return self
-
-    def iter_any(self) -> _Pieces:
-        return _Pieces(self)
-
-    # fed by the connection
-    def _feed(self, data: bytes) -> None:
-        self._pieces.append(data)
-        self._buffered += len(data)
-        if self._buffered > READ_HIGH_WATER and self._conn is not None:
-            self._conn.pause()
-        self._wake()
-
-    def _end(self, exc: BaseException | None = None) -> None:
-        if exc is None:
-            self._eof = True
-        elif not self._eof:
-            self._exc = exc
-        self._wake()
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def _next(self) -> bytes | None:
-        """The bytes buffered so far (waiting for some), or None at the end."""
-        while not self._pieces:
-            if self._exc is not None:
-                raise self._exc
-            if self._eof:
-                return None
-            await self._wait()
-        pieces = self._pieces
-        data = pieces.popleft() if len(pieces) == 1 else b"".join(pieces)
-        pieces.clear()
-        if self._buffered > READ_HIGH_WATER and self._conn is not None:
-            self._conn.resume()
-        self._buffered = 0
-        return data
-
-    async def _wait(self) -> None:
-        loop = self._loop
-        timeout = min(loop.time() + self._read_s, self._deadline)
-        waiter = self._waiter = loop.create_future()
-        timer = loop.call_at(timeout, _expire, waiter)
-        try:
-            await waiter
-        finally:
-            timer.cancel()
-            self._waiter = None
-
-    def release(self) -> None:
-        """Done with this answer. Its connection went back to the pool when the
-        answer ended (as aiohttp's does); one still unfinished is closed."""
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.abort()
-
-    def close(self) -> None:
-        self.release()
-
-    def _detach(self) -> None:
-        """The answer arrived whole: the connection is no longer this answer's."""
-        self._conn = None
-
-    def __del__(self) -> None:
-        if self._conn is not None:  # dropped unfinished, never released: not reusable
-            self._conn.abort()
-
-
-def _expire(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_exception(aiohttp.ServerTimeoutError("timeout reading the upstream's answer"))
-
-
-class _Pieces:
-    """`async for piece in response.content.iter_any()`; a cancelled wait leaves
-    it usable (unlike an async generator)."""
-
-    __slots__ = ("_resp",)
-
-    def __init__(self, resp: Http1Response) -> None:
-        self._resp = resp
-
-    def __aiter__(self) -> _Pieces:
-        return self
-
-    async def __anext__(self) -> bytes:
-        data = await self._resp._next()
-        if data is None:
-            raise StopAsyncIteration
-        return data
 
 
 class _Connection(asyncio.Protocol):
@@ -250,9 +118,9 @@ class _Connection(asyncio.Protocol):
         if resp is not None and not self._complete:
             if self._head_waiter is None and self._until_close():
                 self._complete = True
-                resp._end()
+                resp.end()
             else:
-                resp._end(aiohttp.ClientPayloadError("the upstream closed the answer unfinished"))
+                resp.end(aiohttp.ClientPayloadError("the upstream closed the answer unfinished"))
         waiter = self._head_waiter
         if waiter is not None and not waiter.done():
             error: Exception = (
@@ -305,7 +173,7 @@ class _Connection(asyncio.Protocol):
                 raise aiohttp.ClientPayloadError("decompressed answer over the cap")
             if not body:
                 return
-        resp._feed(body)
+        resp.feed(body)
 
     def on_message_complete(self) -> None:
         resp = self._response
@@ -314,11 +182,11 @@ class _Connection(asyncio.Protocol):
         if self._decoder is not None:
             tail = self._decoder.flush()
             if tail:
-                resp._feed(tail)
+                resp.feed(tail)
         self._complete = True
         self._response = None
-        resp._detach()
-        resp._end()
+        resp.detach()
+        resp.end()
         if self._keep_alive and not self.closed:
             self.resume()
             self.pool.put_back(self)
@@ -336,7 +204,7 @@ class _Connection(asyncio.Protocol):
     def _fail(self, exc: BaseException) -> None:
         resp = self._response
         if resp is not None:
-            resp._end(exc)
+            resp.end(exc)
         waiter = self._head_waiter
         if waiter is not None and not waiter.done():
             waiter.set_exception(exc)
