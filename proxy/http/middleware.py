@@ -22,6 +22,7 @@ from proxy.auth.keys import mask_keys
 from proxy.http import errors
 from proxy.http.errors import GatewayError
 from proxy.http.multipart import MAX_FORM_BYTES, TRANSCRIPTIONS_PATH
+from proxy.observability.logs import request_line
 from proxy.server.state import ENDED_BY_SHUTDOWN, STATE, GatewayState
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -108,34 +109,36 @@ def log_request(state: GatewayState, request: web.Request, status: int) -> None:
     """The request's one log line: its usage record when the meter made one."""
     usage = request.get("usage")
     if usage is not None:
-        state.log.info(
-            "request",
-            request_id=usage["request_id"],
-            key_id=usage["key_id"],
-            model=usage["model"],
-            deployment=usage["deployment"],
-            status=usage["status"],
-            stream=bool(usage["stream"]),
-            input_tokens=usage["input_tokens"],
-            output_tokens=usage["output_tokens"],
-            latency_ms=usage["latency_ms"],
-            ttft_ms=usage["ttft_ms"],
-            usage_source=usage["usage_source"],
-            error=usage["error"],
-            detail=request.get("error_detail"),
+        request_line(
+            {
+                "request_id": usage["request_id"],
+                "key_id": usage["key_id"],
+                "model": usage["model"],
+                "deployment": usage["deployment"],
+                "status": usage["status"],
+                "stream": bool(usage["stream"]),
+                "input_tokens": usage["input_tokens"],
+                "output_tokens": usage["output_tokens"],
+                "latency_ms": usage["latency_ms"],
+                "ttft_ms": usage["ttft_ms"],
+                "usage_source": usage["usage_source"],
+                "error": usage["error"],
+                "detail": request.get("error_detail"),
+            }
         )
         return
     if request.path == "/healthz":
         return
     key = request.get("key")
-    state.log.info(
-        "request",
-        request_id=request["rid"],
-        key_id=key.id if key else None,
-        method=request.method,
-        path=mask_keys(request.path),  # a key pasted into a URL stays out of the log
-        status=status,
-        latency_ms=round((time.perf_counter() - request["t0"]) * 1000.0, 3),
-        error=request.get("error"),
-        detail=request.get("error_detail"),
+    request_line(
+        {
+            "request_id": request["rid"],
+            "key_id": key.id if key else None,
+            "method": request.method,
+            "path": mask_keys(request.path),  # a key pasted into a URL stays out of the log
+            "status": status,
+            "latency_ms": round((time.perf_counter() - request["t0"]) * 1000.0, 3),
+            "error": request.get("error"),
+            "detail": request.get("error_detail"),
+        }
     )
