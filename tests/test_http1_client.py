@@ -91,6 +91,7 @@ async def post(pool: Http1Pool, url: URL, body: bytes = b"{}", **kw: float) -> t
         Head(url, {"Authorization": "Bearer sk-up", "Content-Type": "application/json"}),
         body,
         connect_s=kw.get("connect_s", 2.0),
+        head_s=kw.get("head_s", 2.0),
         read_s=kw.get("read_s", 2.0),
         total_s=kw.get("total_s", 5.0),
         max_body=1 << 20,
@@ -122,7 +123,7 @@ async def test_chunked_stream_arrives_piece_by_piece(served) -> None:  # type: i
     server = await served(lambda req: [head] + chunks)
     pool = Http1Pool(8)
     resp = await pool.post(
-        Head(server.url(), {}), b"{}", connect_s=2, read_s=2, total_s=5, max_body=1 << 20
+        Head(server.url(), {}), b"{}", connect_s=2, head_s=2, read_s=2, total_s=5, max_body=1 << 20
     )
     assert resp.content_type == "text/event-stream"
     assert resp.content_length is None
@@ -163,7 +164,13 @@ async def test_idle_read_timeout_and_refused_connection(served) -> None:  # type
     server = await served(lambda req: [b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf"])
     pool = Http1Pool(8)
     resp = await pool.post(
-        Head(server.url(), {}), b"{}", connect_s=2, read_s=0.2, total_s=5, max_body=1 << 20
+        Head(server.url(), {}),
+        b"{}",
+        connect_s=2,
+        head_s=2,
+        read_s=0.2,
+        total_s=5,
+        max_body=1 << 20,
     )
     with pytest.raises(TimeoutError):
         async for _ in resp.content.iter_any():
@@ -206,4 +213,15 @@ async def test_pool_limit_queues_requests(served) -> None:  # type: ignore[no-un
     results = await asyncio.gather(*(post(pool, server.url()) for _ in range(10)))
     assert results == [(200, b"{}")] * 10
     assert server.connections <= 2
+    pool.close()
+
+
+async def test_no_head_in_time_is_a_timeout(served) -> None:  # type: ignore[no-untyped-def]
+    server = await served(lambda req: [])  # reads the request, never answers
+    pool = Http1Pool(8)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(TimeoutError):
+        await post(pool, server.url(), head_s=0.3)
+    assert 0.25 < loop.time() - started < 2.0
     pool.close()

@@ -56,7 +56,6 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     async def call(provider: Provider, dep: Deployment) -> Reply:
         return await provider.chat(dep, chat)
 
-    resp = sse_response(request["rid"])
     async with Meter(
         state.usage, request, route, ENDPOINT, chat.stream, chat_counter(chat.body)
     ) as meter:
@@ -72,6 +71,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             payload = await read_body(reply)
             await meter.settle()
             return web.Response(body=payload, content_type="application/json", headers=headers)
+        resp = sse_response(request["rid"])
         resp.headers.update(headers)
         await relay_stream(request, resp, meter, reply)
     return resp

@@ -274,19 +274,23 @@ class Http1Pool:
         body: bytes,
         *,
         connect_s: float,
+        head_s: float,
         read_s: float,
         total_s: float,
         max_body: int,
     ) -> Http1Response:
-        """The answer once its status and headers arrived."""
-        deadline = self.loop.time() + total_s
+        """The answer once its status and headers arrived, within `head_s` of the
+        call (a `TimeoutError` otherwise)."""
+        now = self.loop.time()
+        deadline = now + total_s
+        head_deadline = min(now + head_s, deadline)
         request_head, payload = head.request(body)
         for _ in range(2):
-            conn = await self._acquire(head, connect_s)
+            conn = await self._acquire(head, connect_s, head_deadline)
             try:
                 waiter = conn.send(request_head, payload, read_s, deadline, max_body)
                 await conn.drained()
-                timer = self.loop.call_at(deadline, _expire_head, waiter)
+                timer = self.loop.call_at(head_deadline, _expire_head, waiter)
                 try:
                     return await waiter
                 finally:
@@ -299,7 +303,7 @@ class Http1Pool:
                 raise
         raise aiohttp.ServerDisconnectedError("the upstream closed the connection")
 
-    async def _acquire(self, head: Head, connect_s: float) -> _Connection:
+    async def _acquire(self, head: Head, connect_s: float, head_deadline: float) -> _Connection:
         idle = self._idle.get(head.origin)
         now = self.loop.time()
         while idle:
@@ -315,15 +319,16 @@ class Http1Pool:
             ready = self.loop.create_future()
             self._waiting.append(ready)
             try:
-                await ready
+                async with asyncio.timeout_at(head_deadline):
+                    await ready
             except BaseException:
                 if ready.done() and not ready.cancelled():
                     self._wake_one()  # pass the turn we were given on
                 raise
-            return await self._acquire(head, connect_s)
+            return await self._acquire(head, connect_s, head_deadline)
         self._open += 1
         try:
-            return await self._connect(head, connect_s)
+            return await self._connect(head, min(connect_s, head_deadline - now))
         except BaseException:
             self._open -= 1
             self._wake_one()
@@ -386,4 +391,4 @@ class Http1Pool:
 
 def _expire_head(waiter: asyncio.Future[Http1Response]) -> None:
     if not waiter.done():
-        waiter.set_exception(aiohttp.ServerTimeoutError("the upstream's total timeout passed"))
+        waiter.set_exception(aiohttp.ServerTimeoutError("no answer from the upstream in time"))

@@ -98,19 +98,20 @@ class UpstreamHttp:
         """The upstream's answer once its status and headers arrived."""
         prep = self._prepare(deployment)
         try:
+            if isinstance(data, bytes) and headers is None:
+                pool = self._pool
+                if pool is None:
+                    pool = self._pool = Http1Pool(MAX_CONNECTIONS)
+                return await pool.post(
+                    prep.head(url),
+                    data,
+                    connect_s=deployment.connect_timeout_s,
+                    head_s=deployment.first_byte_timeout_s,
+                    read_s=deployment.timeout_s,
+                    total_s=deployment.total_timeout_s,
+                    max_body=prep.max_body,
+                )
             async with asyncio.timeout(deployment.first_byte_timeout_s):
-                if isinstance(data, bytes) and headers is None:
-                    pool = self._pool
-                    if pool is None:
-                        pool = self._pool = Http1Pool(MAX_CONNECTIONS)
-                    return await pool.post(
-                        prep.head(url),
-                        data,
-                        connect_s=deployment.connect_timeout_s,
-                        read_s=deployment.timeout_s,
-                        total_s=deployment.total_timeout_s,
-                        max_body=prep.max_body,
-                    )
                 return await self._get_session().post(
                     url,
                     data=data,

@@ -97,12 +97,14 @@ async def read_all(resp: UpstreamAnswer, limit: int) -> bytes:
     try:
         if resp.content_length is not None and resp.content_length > limit:
             raise UpstreamBadReply(f"reply of {resp.content_length} bytes is over the cap")
-        body = bytearray()
+        pieces: list[bytes] = []
+        size = 0
         async for chunk in resp.content.iter_any():
-            body += chunk
-            if len(body) > limit:
+            size += len(chunk)
+            if size > limit:
                 raise UpstreamBadReply(f"reply over the cap of {limit} bytes")
-        return bytes(body)
+            pieces.append(chunk)
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
     except (TimeoutError, aiohttp.ClientError) as exc:
         raise client_errors(exc) from exc
     finally:
