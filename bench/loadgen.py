@@ -12,6 +12,9 @@ What it measures (time.perf_counter, milliseconds):
   TTFT      streams only: request sent -> first SSE event whose delta carries
             non-empty `content` (the role-only first chunk does not count)
   chunks    streams only: content-carrying events per stream
+  ITL       streams only: inter-token latency, the gap between consecutive
+            content-carrying events as the client receives them (events that
+            arrive in the same read are 0 apart: they reached the client together)
 The client stays light so that it is not the bottleneck: bodies are read as
 they arrive (iter_any), and streamed events are not JSON-parsed; a byte regex
 over complete lines finds content events.
@@ -60,6 +63,7 @@ class Stats:
     latencies: list[float] = field(default_factory=list)
     ttfts: list[float] = field(default_factory=list)
     chunks: list[int] = field(default_factory=list)
+    itls: list[float] = field(default_factory=list)
     ok: int = 0
     errors: int = 0
     error_kinds: dict[str, int] = field(default_factory=dict)
@@ -83,6 +87,27 @@ def percentile(values: list[float], p: float) -> float | None:
     ordered = sorted(values)
     k = max(0, min(len(ordered) - 1, math.ceil(p / 100.0 * len(ordered)) - 1))
     return ordered[k]
+
+
+class ContentGaps:
+    """Inter-token gaps of one stream, in ms: fed, per read, the number of content
+    events that read completed and the time it came. The first content event of a
+    stream has no gap; events after the first in one read are 0 ms apart."""
+
+    __slots__ = ("gaps", "last")
+
+    def __init__(self, gaps: list[float]) -> None:
+        self.gaps = gaps  # shared with the run's Stats: appended to in place
+        self.last: float | None = None
+
+    def arrived(self, count: int, now: float) -> None:
+        if count <= 0:
+            return
+        if self.last is not None:
+            self.gaps.append((now - self.last) * 1000.0)
+        if count > 1:
+            self.gaps.extend([0.0] * (count - 1))
+        self.last = now
 
 
 def build_body(args: argparse.Namespace) -> bytes:
@@ -121,6 +146,8 @@ async def one_request(
                 return
             ttft = None
             n_content = 0
+            gaps: list[float] = []
+            clock = ContentGaps(gaps)
             done = False
             failed = None
             carry = b""
@@ -138,8 +165,10 @@ async def one_request(
                     lines, carry = buf[: cut + 1], buf[cut + 1 :]
                 found = len(_CONTENT.findall(lines))
                 if found:
+                    now = time.perf_counter()
                     if ttft is None:
-                        ttft = (time.perf_counter() - t0) * 1000.0
+                        ttft = (now - t0) * 1000.0
+                    clock.arrived(found, now)
                     n_content += found
                 if _DONE in lines:
                     done = True
@@ -156,6 +185,7 @@ async def one_request(
             stats.latencies.append(latency)
             if ttft is not None:
                 stats.ttfts.append(ttft)
+            stats.itls.extend(gaps)
             stats.chunks.append(n_content)
             stats.ok += 1
     except TimeoutError:
@@ -208,6 +238,9 @@ def summarize(stats: Stats, elapsed: float, args: argparse.Namespace) -> dict[st
     def r(v: float | None) -> float | None:
         return None if v is None else round(v, 2)
 
+    def r3(v: float | None) -> float | None:  # ITL gaps are tens of µs apart
+        return None if v is None else round(v, 4)
+
     result: dict[str, object] = {
         "base_url": args.base_url,
         "endpoint": args.endpoint,
@@ -234,6 +267,20 @@ def summarize(stats: Stats, elapsed: float, args: argparse.Namespace) -> dict[st
             "p90": r(percentile(stats.ttfts, 90)),
             "p99": r(percentile(stats.ttfts, 99)),
         }
+        result["itl_ms"] = {
+            "p50": r3(percentile(stats.itls, 50)),
+            "p90": r3(percentile(stats.itls, 90)),
+            "p99": r3(percentile(stats.itls, 99)),
+            # the mean gap counts the 0s: the time per token when tokens come back to back
+            "mean": r3(sum(stats.itls) / len(stats.itls)) if stats.itls else None,
+            "gaps": len(stats.itls),
+            # the share of gaps that are 0: events that reached the client in one read
+            "same_read_share": (
+                round(sum(1 for g in stats.itls if g == 0.0) / len(stats.itls), 3)
+                if stats.itls
+                else None
+            ),
+        }
         result["chunks_per_stream"] = {
             "min": min(stats.chunks) if stats.chunks else None,
             "mean": round(sum(stats.chunks) / len(stats.chunks), 2) if stats.chunks else None,
@@ -257,6 +304,11 @@ def print_report(res: dict[str, object]) -> None:
         t = res["ttft_ms"]
         c = res["chunks_per_stream"]
         print(f"TTFT ms      p50 {t['p50']}   p90 {t['p90']}   p99 {t['p99']}")
+        i = res["itl_ms"]
+        print(
+            f"ITL ms       p50 {i['p50']}   p90 {i['p90']}   p99 {i['p99']}"
+            f"   ({i['gaps']} gaps, {i['same_read_share']} of them 0: same read)"
+        )
         print(f"chunks/stream  min {c['min']}   mean {c['mean']}   max {c['max']}")
     for msg, n in (res["error_messages"] or {}).items():
         print(f"  error x{n}: {msg}")
