@@ -29,6 +29,11 @@ apart: idle, after the runs.
 Memory: --mem-streams concurrent open streams through the gateway (slow sim,
 so each stays open ~60/--slow-tps s), twice; the gateway's RSS (VmRSS, summed
 over its process tree) before, at the peak, and ~5 s after each wave.
+ITL (itl_phase.py): one client, streams from a third simulator that paces its
+tokens (--itl-tps), direct / relay / gateway: the gap between content events.
+Workers (workers_phase.py, last): the 64-client non-stream load against the
+one-worker gateway, then against `serve --workers 2`; worker CPU per request.
+Then the goal table (goal_table.py): each figure of issue 13's goal, met or not.
 
     python bench/compare.py [--duration 10] [--quick] [--json-out FILE]
 """
@@ -59,6 +64,10 @@ ALIAS = "prometheus-lite"
 SLOW_ALIAS = "prometheus-core"
 TOKEN_SERVER = "proxy.metering.token_server"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# The phase modules (itl_phase, workers_phase) import their helpers from `compare`:
+# run as a script, that is this module, not a second copy of it.
+if __name__ == "__main__":
+    sys.modules.setdefault("compare", sys.modules[__name__])
 
 
 # ---------------------------------------------------------------- processes
@@ -580,7 +589,12 @@ def bench_config(tmp: Path, gw_port: int, body: str) -> Path:
 
 
 def write_config(
-    tmp: Path, gw_port: int, sim_port: int, slow_port: int, redis_url: str | None = None
+    tmp: Path,
+    gw_port: int,
+    sim_port: int,
+    slow_port: int,
+    redis_url: str | None = None,
+    extra: str = "",
 ) -> Path:
     cluster = (
         f'\n[cluster]\nredis_url = "{redis_url}"\nredis_prefix = "prom-bench-{os.getpid()}:"\n'
@@ -594,6 +608,7 @@ def write_config(
         + deployment_toml(
             SLOW_ALIAS, "openai", f"http://127.0.0.1:{slow_port}/v1", "sk-bench", "sim-model-slow"
         )
+        + extra
         + cluster,
     )
 
@@ -771,6 +786,10 @@ def memory_phase(
 
 
 def main() -> int:
+    import goal_table  # the phase modules import from this one: after it is loaded
+    import itl_phase
+    import workers_phase
+
     p = argparse.ArgumentParser(
         description="direct vs bare relay vs gateway",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -792,6 +811,16 @@ def main() -> int:
         help="slow simulator's tokens/s for the memory phase (60 tokens -> 60/tps s open)",
     )
     p.add_argument("--no-memory", action="store_true", help="skip the memory phase")
+    p.add_argument("--no-itl", action="store_true", help="skip the ITL phase (paced streams)")
+    p.add_argument(
+        "--itl-tps",
+        type=float,
+        default=200.0,
+        help="the paced simulator's tokens/s for the ITL phase (default 200: 5 ms apart)",
+    )
+    p.add_argument(
+        "--no-workers", action="store_true", help="skip the --workers 2 phase (CPU per request)"
+    )
     p.add_argument(
         "--no-loop-probe",
         action="store_true",
@@ -862,6 +891,10 @@ def main() -> int:
         )
         wait_port(relay_port, relay, "relay")
         probes = {"relay": relay_port}
+        paced = None
+        if not (a.no_itl or a.memory_only or a.first_count_only):
+            paced = itl_phase.start_upstream(procs, gw, env, a.itl_tps)
+        paced_toml = paced.gateway_deployment() if paced is not None else ""
 
         targets: dict[str, tuple[str, str, str, int]] = {
             "direct": (f"http://127.0.0.1:{sim_port}/v1", "", "sim-model", sim.pid),
@@ -872,7 +905,7 @@ def main() -> int:
         if use_gateway:
             slow = procs.start("slow-sim", sim_command(gw, slow_port, a.slow_tps), env)
             wait_port(slow_port, slow, "slow simulator")
-            cfg = write_config(tmp, gw_port, sim_port, slow_port, a.redis_url)
+            cfg = write_config(tmp, gw_port, sim_port, slow_port, a.redis_url, paced_toml)
             gw_env = {k: v for k, v in env.items() if not k.startswith("PROMETHEUS_")}
             made = subprocess.run(
                 gw + ["keys", "create", "--name", "bench", "--config", str(cfg), "--json"],
@@ -970,6 +1003,9 @@ def main() -> int:
         all_results["runs"] = results
         if results:
             print_table(results, names)
+        if paced is not None:
+            gw_target = (targets["gateway"][0], key) if "gateway" in targets else None
+            all_results["itl"] = itl_phase.run(paced, gw_target, a.duration, a.warmup)
 
         if gw_proc is not None and not a.no_memory and not a.first_count_only:
             all_results["memory"] = memory_phase(
@@ -986,6 +1022,14 @@ def main() -> int:
                     for w in m["waves"]
                 )
             )
+        if gw_proc is not None and results and not a.no_workers:
+            all_results["workers"] = workers_phase.run(
+                procs, gw, cfg, gw_env, gw_proc, gw_port, key, a.concurrency, a.duration, a.warmup
+            )
+        if results or "memory" in all_results:
+            goals = goal_table.rows(all_results)
+            all_results["goals"] = goal_table.as_json(goals)
+            goal_table.print_table(goals)
         if a.json_out:
             Path(a.json_out).write_text(json.dumps(all_results, indent=2))
         return 0
