@@ -321,6 +321,7 @@ def loadgen(
     warmup: float = 0.0,
     timeout: float = 30.0,
     watch: list[int] | None = None,
+    stamps: bool = False,
 ) -> dict:
     """One bench/loadgen.py run in its own process. Adds the client's CPU
     seconds, and each watched server PID's CPU seconds, to the result."""
@@ -345,6 +346,8 @@ def loadgen(
         cmd += ["--api-key", api_key]
     if stream:
         cmd.append("--stream")
+    if stamps:
+        cmd.append("--stamps")  # bench/stamped_sim.py's streams: each token's transit
     cmd += ["--duration", str(duration)] if requests is None else ["--requests", str(requests)]
     watch = watch or []
     before_children = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -893,7 +896,7 @@ def main() -> int:
         probes = {"relay": relay_port}
         paced = None
         if not (a.no_itl or a.memory_only or a.first_count_only):
-            paced = itl_phase.start_upstream(procs, gw, env, a.itl_tps)
+            paced = itl_phase.start_upstream(procs, env, a.itl_tps)
         paced_toml = paced.gateway_deployment() if paced is not None else ""
 
         targets: dict[str, tuple[str, str, str, int]] = {

@@ -114,9 +114,16 @@ def added_rows(runs: dict, itl: dict | None) -> list[Goal]:
     tps = _get(itl, "tokens_per_second")
     note = ""
     if g_itl is not None and d_itl is not None:
-        note = f"{g_itl:.3f} vs {d_itl:.3f} ms, paced at {tps or 0:g} tokens/s"
+        note = f"gap {g_itl:.3f} vs {d_itl:.3f} ms, paced at {tps or 0:g} tokens/s"
         if r_itl is not None:
             note += f"; relay adds {r_itl - d_itl:+.3f}"
+    g_tr, d_tr = (_get(itl, t, "transit_ms", "p50") for t in ("gateway", "direct"))
+    r_tr = _get(itl, "relay", "transit_ms", "p50")
+    tr_note = ""
+    if g_tr is not None and d_tr is not None:
+        tr_note = f"transit {g_tr:.3f} vs {d_tr:.3f} ms"
+        if r_tr is not None:
+            tr_note += f"; relay adds {r_tr - d_tr:+.3f}, gateway - relay {g_tr - r_tr:+.3f}"
     return [
         _under("added p50 latency, 1 client, non-stream, vs direct", ns, "ms", 0.3),
         _under("added p50 TTFT, 1 client, vs direct", ttft, "ms", 0.3),
@@ -126,6 +133,13 @@ def added_rows(runs: dict, itl: dict | None) -> list[Goal]:
             "ms",
             0.05,
             note,
+        ),
+        _under(
+            "added p50 per-token transit, 1 client, vs direct",
+            _diff(g_tr, d_tr),
+            "ms",
+            0.05,
+            tr_note,
         ),
         Goal(
             "  (reference) mean gap, unpaced 1-client stream, gateway - direct",

@@ -1,12 +1,14 @@
 """compare.py's ITL phase: inter-token latency at one client, against a paced upstream.
 
 Called by `compare.main()`: `start_upstream` (before the gateway's config is
-written: the gateway needs an alias for it) starts a third simulator that
-sends a fixed number of tokens a second, and a bare relay in front of it;
-`run` then streams with one client, direct, through that relay and through
-the gateway (alias `prometheus-paced`), and hands back each target's
-`bench/loadgen.py` result (its `itl_ms`: gap p50/p90/p99 between consecutive
-content events as the client received them). `goal_table` reads them.
+written: the gateway needs an alias for it) starts `bench/stamped_sim.py`, a
+simulator that sends a fixed number of tokens a second, each stamped with
+its send time, and a bare relay in front of it; `run` then streams with one
+client, direct, through that relay and through the gateway (alias
+`prometheus-paced`), and hands back each target's `bench/loadgen.py --stamps`
+result: `itl_ms` (gap p50/p90/p99 between consecutive content events as the
+client received them) and `transit_ms` (each token's arrival minus its send
+time). `goal_table` reads them.
 
 Why a paced upstream: the bench's fast simulator (`--tokens-per-second 0`)
 writes a stream's 60 chunks back to back, so the client gets most of them
@@ -16,13 +18,15 @@ every target; it says nothing about the hop. With the simulator pacing tokens
 the gap the client sees is the pacing plus what the hops add between tokens:
 buffering, a chunk held back, per-token work that delays some tokens more
 than others. A delay that is the same for every token cancels in the gap: it
-is paid once, and shows in the added TTFT.
+is paid once per stream in the gap, and shows in the transit: transit through
+the gateway minus transit direct is what the gateway adds to every token.
 """
 
 from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from compare import (
     RELAY,
@@ -31,10 +35,10 @@ from compare import (
     fmt,
     free_port,
     loadgen,
-    sim_command,
     wait_port,
 )
 
+STAMPED_SIM = Path(__file__).resolve().parent / "stamped_sim.py"
 PACED_ALIAS = "prometheus-paced"
 PACED_MODEL = "sim-model-paced"
 DEFAULT_TPS = 200.0
@@ -55,12 +59,15 @@ class PacedUpstream:
         )
 
 
-def start_upstream(
-    procs: Procs, gw: list[str] | None, env: dict[str, str], tokens_per_second: float
-) -> PacedUpstream:
+def start_upstream(procs: Procs, env: dict[str, str], tokens_per_second: float) -> PacedUpstream:
     """The paced simulator and a bare relay in front of it (stopped with the others)."""
     sim_port, relay_port = free_port(), free_port()
-    sim = procs.start("paced-sim", sim_command(gw, sim_port, tokens_per_second), env)
+    sim = procs.start(
+        "paced-sim",
+        [sys.executable, str(STAMPED_SIM), "--port", str(sim_port)]
+        + ["--tokens-per-second", str(tokens_per_second)],
+        env,
+    )
     wait_port(sim_port, sim, "paced simulator")
     relay = procs.start(
         "paced-relay",
@@ -101,14 +108,16 @@ def run(
     run_kw = {"duration": duration, "warmup": warmup}
     out: dict = {"tokens_per_second": paced.tokens_per_second, "duration_s": duration}
     for name, (url, key, model) in targets.items():
-        r = loadgen(url, api_key=key, model=model, concurrency=1, stream=True, **run_kw)
+        r = loadgen(
+            url, api_key=key, model=model, concurrency=1, stream=True, stamps=True, **run_kw
+        )
         out[name] = r
-        itl = r.get("itl_ms") or {}
+        itl, tr = r.get("itl_ms") or {}, r.get("transit_ms") or {}
         print(
             f"  itl1         {name:8} ITL p50 {fmt(itl.get('p50'), 3)} p90 {fmt(itl.get('p90'), 3)}"
             f" p99 {fmt(itl.get('p99'), 3)} ms ({itl.get('gaps')} gaps, "
-            f"{fmt(itl.get('same_read_share'), 3)} in one read)  TTFT p50 "
-            f"{fmt((r.get('ttft_ms') or {}).get('p50'), 2)} ms  errors {r.get('errors')}",
+            f"{fmt(itl.get('same_read_share'), 3)} in one read)  transit p50 "
+            f"{fmt(tr.get('p50'), 3)} p99 {fmt(tr.get('p99'), 3)} ms  errors {r.get('errors')}",
             flush=True,
         )
         for m, n in (r.get("error_messages") or {}).items():
