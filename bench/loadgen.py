@@ -12,6 +12,11 @@ What it measures (time.perf_counter, milliseconds):
   TTFT      streams only: request sent -> first SSE event whose delta carries
             non-empty `content` (the role-only first chunk does not count)
   chunks    streams only: content-carrying events per stream
+  ITL       streams only: inter-token latency, the gap between consecutive
+            content-carrying events as the client receives them (events that
+            arrive in the same read are 0 apart: they reached the client together)
+  transit   with --stamps, against bench/stamped_sim.py only: each token's
+            arrival minus the send time the upstream wrote into its content
 The client stays light so that it is not the bottleneck: bodies are read as
 they arrive (iter_any), and streamed events are not JSON-parsed; a byte regex
 over complete lines finds content events.
@@ -50,6 +55,8 @@ except ImportError:  # pragma: no cover - orjson is a gateway dependency
 # An SSE event whose delta carries a non-empty string `content`. Matches both
 # compact (`"content":"x`) and spaced (`"content": "x`) JSON.
 _CONTENT = re.compile(rb'"content": ?"(?!")')
+# bench/stamped_sim.py's tokens: `w<i>@<perf_counter at the upstream's write> `
+_STAMP = re.compile(rb'"content": ?"w\d+@(\d+\.\d+) ')
 _DONE = b"data: [DONE]"
 _ERROR_EVENT = re.compile(rb'^data: ?\{"error"', re.M)
 MAX_ERROR_KINDS = 5
@@ -60,6 +67,8 @@ class Stats:
     latencies: list[float] = field(default_factory=list)
     ttfts: list[float] = field(default_factory=list)
     chunks: list[int] = field(default_factory=list)
+    itls: list[float] = field(default_factory=list)
+    transits: list[float] = field(default_factory=list)
     ok: int = 0
     errors: int = 0
     error_kinds: dict[str, int] = field(default_factory=dict)
@@ -85,6 +94,27 @@ def percentile(values: list[float], p: float) -> float | None:
     return ordered[k]
 
 
+class ContentGaps:
+    """Inter-token gaps of one stream, in ms: fed, per read, the number of content
+    events that read completed and the time it came. The first content event of a
+    stream has no gap; events after the first in one read are 0 ms apart."""
+
+    __slots__ = ("gaps", "last")
+
+    def __init__(self, gaps: list[float]) -> None:
+        self.gaps = gaps  # shared with the run's Stats: appended to in place
+        self.last: float | None = None
+
+    def arrived(self, count: int, now: float) -> None:
+        if count <= 0:
+            return
+        if self.last is not None:
+            self.gaps.append((now - self.last) * 1000.0)
+        if count > 1:
+            self.gaps.extend([0.0] * (count - 1))
+        self.last = now
+
+
 def build_body(args: argparse.Namespace) -> bytes:
     if args.endpoint == "embeddings":
         return _dumps({"model": args.model, "input": args.prompt})
@@ -105,6 +135,7 @@ async def one_request(
     headers: dict[str, str],
     stream: bool,
     stats: Stats,
+    stamps: bool = False,
 ) -> None:
     t0 = time.perf_counter()
     try:
@@ -121,6 +152,9 @@ async def one_request(
                 return
             ttft = None
             n_content = 0
+            gaps: list[float] = []
+            clock = ContentGaps(gaps)
+            transits: list[float] = []
             done = False
             failed = None
             carry = b""
@@ -138,9 +172,13 @@ async def one_request(
                     lines, carry = buf[: cut + 1], buf[cut + 1 :]
                 found = len(_CONTENT.findall(lines))
                 if found:
+                    now = time.perf_counter()
                     if ttft is None:
-                        ttft = (time.perf_counter() - t0) * 1000.0
+                        ttft = (now - t0) * 1000.0
+                    clock.arrived(found, now)
                     n_content += found
+                    if stamps:
+                        transits.extend(now - float(m) for m in _STAMP.findall(lines))
                 if _DONE in lines:
                     done = True
                 if failed is None and b'{"error"' in lines and _ERROR_EVENT.search(lines):
@@ -156,6 +194,8 @@ async def one_request(
             stats.latencies.append(latency)
             if ttft is not None:
                 stats.ttfts.append(ttft)
+            stats.itls.extend(gaps)
+            stats.transits.extend(t * 1000.0 for t in transits)
             stats.chunks.append(n_content)
             stats.ok += 1
     except TimeoutError:
@@ -190,7 +230,7 @@ async def run_phase(
                 remaining[0] -= 1
             if deadline is not None and time.perf_counter() >= deadline:
                 return
-            await one_request(session, url, body, headers, args.stream, stats)
+            await one_request(session, url, body, headers, args.stream, stats, args.stamps)
 
     tasks = [asyncio.ensure_future(client()) for _ in range(args.concurrency)]
     if cancel_at_deadline and duration is not None:
@@ -207,6 +247,9 @@ async def run_phase(
 def summarize(stats: Stats, elapsed: float, args: argparse.Namespace) -> dict[str, object]:
     def r(v: float | None) -> float | None:
         return None if v is None else round(v, 2)
+
+    def r3(v: float | None) -> float | None:  # ITL gaps are tens of µs apart
+        return None if v is None else round(v, 4)
 
     result: dict[str, object] = {
         "base_url": args.base_url,
@@ -234,6 +277,27 @@ def summarize(stats: Stats, elapsed: float, args: argparse.Namespace) -> dict[st
             "p90": r(percentile(stats.ttfts, 90)),
             "p99": r(percentile(stats.ttfts, 99)),
         }
+        result["itl_ms"] = {
+            "p50": r3(percentile(stats.itls, 50)),
+            "p90": r3(percentile(stats.itls, 90)),
+            "p99": r3(percentile(stats.itls, 99)),
+            # the mean gap counts the 0s: the time per token when tokens come back to back
+            "mean": r3(sum(stats.itls) / len(stats.itls)) if stats.itls else None,
+            "gaps": len(stats.itls),
+            # the share of gaps that are 0: events that reached the client in one read
+            "same_read_share": (
+                round(sum(1 for g in stats.itls if g == 0.0) / len(stats.itls), 3)
+                if stats.itls
+                else None
+            ),
+        }
+        if args.stamps:
+            result["transit_ms"] = {
+                "p50": r3(percentile(stats.transits, 50)),
+                "p90": r3(percentile(stats.transits, 90)),
+                "p99": r3(percentile(stats.transits, 99)),
+                "tokens": len(stats.transits),
+            }
         result["chunks_per_stream"] = {
             "min": min(stats.chunks) if stats.chunks else None,
             "mean": round(sum(stats.chunks) / len(stats.chunks), 2) if stats.chunks else None,
@@ -257,6 +321,14 @@ def print_report(res: dict[str, object]) -> None:
         t = res["ttft_ms"]
         c = res["chunks_per_stream"]
         print(f"TTFT ms      p50 {t['p50']}   p90 {t['p90']}   p99 {t['p99']}")
+        i = res["itl_ms"]
+        print(
+            f"ITL ms       p50 {i['p50']}   p90 {i['p90']}   p99 {i['p99']}"
+            f"   ({i['gaps']} gaps, {i['same_read_share']} of them 0: same read)"
+        )
+        if "transit_ms" in res:
+            tr = res["transit_ms"]
+            print(f"transit ms   p50 {tr['p50']}   p90 {tr['p90']}   p99 {tr['p99']}")
         print(f"chunks/stream  min {c['min']}   mean {c['mean']}   max {c['max']}")
     for msg, n in (res["error_messages"] or {}).items():
         print(f"  error x{n}: {msg}")
@@ -320,6 +392,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prompt", default="Say something about gateways.")
     p.add_argument("--warmup", type=float, default=0.0, help="seconds of unmeasured load first")
     p.add_argument("--timeout", type=float, default=120.0, help="per-request timeout, seconds")
+    p.add_argument(
+        "--stamps",
+        action="store_true",
+        help="streams from bench/stamped_sim.py: also report each token's transit",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON result on stdout")
     args = p.parse_args(argv)
     if args.concurrency < 1:
