@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 from yarl import URL
 
+from proxy.providers.base import UpstreamTimeout, UpstreamUnavailable
 from proxy.providers.http1 import Head, Http1Pool
 
 Answer = Callable[[bytes], list[bytes] | None]
@@ -181,7 +182,7 @@ async def test_idle_read_timeout_and_refused_connection(served) -> None:  # type
     assert server.server is not None
     server.server.close()
     await server.server.wait_closed()
-    with pytest.raises(aiohttp.ClientConnectionError):
+    with pytest.raises(UpstreamUnavailable, match="cannot connect"):
         await post(pool, URL(f"http://127.0.0.1:{dead_port}/v1/x"))
     pool.close()
 
@@ -221,7 +222,7 @@ async def test_no_head_in_time_is_a_timeout(served) -> None:  # type: ignore[no-
     pool = Http1Pool(8)
     loop = asyncio.get_running_loop()
     started = loop.time()
-    with pytest.raises(TimeoutError):
+    with pytest.raises(UpstreamTimeout):
         await post(pool, server.url(), head_s=0.3)
     assert 0.25 < loop.time() - started < 2.0
     pool.close()

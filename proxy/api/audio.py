@@ -14,6 +14,7 @@ rounded; `audio_source` says which.
 from __future__ import annotations
 
 import math
+from collections.abc import Awaitable
 
 from aiohttp import web
 
@@ -92,8 +93,10 @@ async def _transcribe(request: web.Request, form: Form, upload: Upload) -> web.R
         file_seconds=probe.seconds,
     )
 
-    async def call(provider: Provider, dep: Deployment) -> Reply:
-        return await provider.transcription(dep, transcription)
+    def call(provider: Provider, dep: Deployment) -> Awaitable[Reply]:
+        return provider.transcription(
+            dep, transcription
+        )  # no coroutine of its own: one await level less
 
     async with Meter(state.usage, request, route, ENDPOINT, False, _no_tokens, audio=True) as meter:
         reply, dep = await call_upstream(state.providers, route, call, state.health)

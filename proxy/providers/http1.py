@@ -37,6 +37,7 @@ import httptools
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from proxy.providers.base import UpstreamTimeout, UpstreamUnavailable
 from proxy.providers.http1_answer import Http1Response
 
 KEEPALIVE_S = 60.0  # an idle connection older than this is closed, not reused
@@ -280,28 +281,33 @@ class Http1Pool:
         max_body: int,
     ) -> Http1Response:
         """The answer once its status and headers arrived, within `head_s` of the
-        call (a `TimeoutError` otherwise)."""
+        call: else `UpstreamTimeout`, or `UpstreamUnavailable` if it failed."""
         now = self.loop.time()
         deadline = now + total_s
         head_deadline = min(now + head_s, deadline)
         request_head, payload = head.request(body)
-        for _ in range(2):
-            conn = await self._acquire(head, connect_s, head_deadline)
-            try:
-                waiter = conn.send(request_head, payload, read_s, deadline, max_body)
-                await conn.drained()
-                timer = self.loop.call_at(head_deadline, _expire_head, waiter)
+        try:
+            for _ in range(2):
+                conn = await self._acquire(head, connect_s, head_deadline)
                 try:
-                    return await waiter
-                finally:
-                    timer.cancel()
-            except _StaleConnection:
-                conn.abort()
-                continue
-            except BaseException:
-                conn.abort()
-                raise
-        raise aiohttp.ServerDisconnectedError("the upstream closed the connection")
+                    waiter = conn.send(request_head, payload, read_s, deadline, max_body)
+                    await conn.drained()
+                    timer = self.loop.call_at(head_deadline, _expire_head, waiter)
+                    try:
+                        return await waiter
+                    finally:
+                        timer.cancel()
+                except _StaleConnection:
+                    conn.abort()
+                    continue
+                except BaseException:
+                    conn.abort()
+                    raise
+            raise aiohttp.ServerDisconnectedError("the upstream closed the connection")
+        except TimeoutError as exc:
+            raise UpstreamTimeout(f"no answer within {head_s} s") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamUnavailable(str(exc) or type(exc).__name__) from exc
 
     async def _acquire(self, head: Head, connect_s: float, head_deadline: float) -> _Connection:
         idle = self._idle.get(head.origin)

@@ -16,7 +16,7 @@ and its error mapper.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -88,29 +88,36 @@ class UpstreamHttp:
             )
         return self._session
 
-    async def post(
+    def post(
         self,
         deployment: Deployment,
         url: URL,
         data: Any,
         headers: dict[str, str] | None = None,
-    ) -> UpstreamAnswer:
-        """The upstream's answer once its status and headers arrived."""
+    ) -> Awaitable[UpstreamAnswer]:
+        """The upstream's answer once its status and headers arrived (awaitable;
+        `UpstreamTimeout` or `UpstreamUnavailable` when there is none)."""
         prep = self._prepare(deployment)
+        if isinstance(data, bytes) and headers is None:
+            pool = self._pool
+            if pool is None:
+                pool = self._pool = Http1Pool(MAX_CONNECTIONS)
+            return pool.post(  # no coroutine of this method's own: one await level less
+                prep.head(url),
+                data,
+                connect_s=deployment.connect_timeout_s,
+                head_s=deployment.first_byte_timeout_s,
+                read_s=deployment.timeout_s,
+                total_s=deployment.total_timeout_s,
+                max_body=prep.max_body,
+            )
+        return self._post_form(prep, url, data, headers)
+
+    async def _post_form(
+        self, prep: _Prepared, url: URL, data: Any, headers: dict[str, str] | None
+    ) -> UpstreamAnswer:
+        deployment = prep.deployment
         try:
-            if isinstance(data, bytes) and headers is None:
-                pool = self._pool
-                if pool is None:
-                    pool = self._pool = Http1Pool(MAX_CONNECTIONS)
-                return await pool.post(
-                    prep.head(url),
-                    data,
-                    connect_s=deployment.connect_timeout_s,
-                    head_s=deployment.first_byte_timeout_s,
-                    read_s=deployment.timeout_s,
-                    total_s=deployment.total_timeout_s,
-                    max_body=prep.max_body,
-                )
             async with asyncio.timeout(deployment.first_byte_timeout_s):
                 return await self._get_session().post(
                     url,

@@ -16,6 +16,8 @@ reply.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 import orjson
 from yarl import URL
 
@@ -56,11 +58,11 @@ class AnthropicProvider:
         self._http = UpstreamHttp(_headers)
         self._urls: dict[str, URL] = {}
 
-    async def _post(self, deployment: Deployment, payload: bytes) -> UpstreamAnswer:
+    def _post(self, deployment: Deployment, payload: bytes) -> Awaitable[UpstreamAnswer]:
         url = self._urls.get(deployment.base_url)
         if url is None:
             url = self._urls[deployment.base_url] = messages_url(deployment.base_url)
-        return await self._http.post(deployment, url, payload)
+        return self._http.post(deployment, url, payload)
 
     @staticmethod
     async def _failed(resp: UpstreamAnswer, deployment: Deployment) -> FailedReply:

@@ -12,6 +12,7 @@ answered with anything but an event stream is a bad reply).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Any
 
 import orjson
@@ -51,12 +52,10 @@ class OpenAIProvider:
             url = self._urls[key] = URL(f"{deployment.base_url}/{endpoint}")
         return url
 
-    async def _post(
+    def _post(
         self, deployment: Deployment, endpoint: str, body: dict[str, Any]
-    ) -> UpstreamAnswer:
-        return await self._http.post(
-            deployment, self._url(deployment, endpoint), orjson.dumps(body)
-        )
+    ) -> Awaitable[UpstreamAnswer]:
+        return self._http.post(deployment, self._url(deployment, endpoint), orjson.dumps(body))
 
     @staticmethod
     async def _failed(resp: UpstreamAnswer, deployment: Deployment) -> FailedReply:
