@@ -3,7 +3,7 @@ Playwright's Python package with `executable_path`; nothing downloads a
 browser).
 
 Seeded usage (rows written into the gateway's `requests` table on three days
-for key A, one for key B; the rollup trigger does the rest): signed in with A's
+for key A, one for key B, with their rollups, as the usage writer writes them): signed in with A's
 key the charts have 30 daily points (12 weekly after the switch) whose total is
 A's usage on the right days, the usage table equals `usage --json`, and only
 A's key shows; the admin sees every key; a bad key is refused; the CSV export
@@ -80,25 +80,30 @@ def new_context(browser: Any, **options: Any) -> BrowserContext:
 
 
 def seed(gw: GatewayProcess, key_id: str, days_ago: list[int], per_day: int) -> None:
+    """Usage rows written as the gateway's writer writes them: into `requests`
+    with their rollups, in one transaction (`proxy.usage.rollups.write_rows`)."""
+    import sqlite3
+
+    from proxy.usage.rollups import write_rows
+    from proxy.usage.rows import row_of
+
     now = time.time()
     rows = []
     for d in days_ago:
         for i in range(per_day):
-            ts = now - d * 86400 - i
             rows.append(
-                (f"req_seed_{key_id}_{d}_{i}", ts, key_id, "prometheus-lite", "sim:x", "chat",
-                 200 if i else 502, 1, 100 + i, 20, 0.0, 0.0001, 120.0 + i, 30.0)
+                row_of(
+                    {"request_id": f"req_seed_{key_id}_{d}_{i}", "ts": now - d * 86400 - i,
+                     "key_id": key_id, "model": "prometheus-lite", "deployment": "sim:x",
+                     "endpoint": "chat", "status": 200 if i else 502, "stream": 1,
+                     "input_tokens": 100 + i, "output_tokens": 20, "audio_seconds": 0.0,
+                     "cost_usd": 0.0001, "latency_ms": 120.0 + 40 * i, "ttft_ms": 30.0 + i,
+                     "usage_source": "upstream"}
+                )
             )  # fmt: skip
-    import sqlite3
-
     conn = sqlite3.connect(gw.db_path, timeout=10)
     with conn:
-        conn.executemany(
-            "INSERT INTO requests (request_id, ts, key_id, model, deployment, endpoint, status,"
-            " stream, input_tokens, output_tokens, audio_seconds, cost_usd, latency_ms, ttft_ms,"
-            " usage_source) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,'upstream')",
-            rows,
-        )
+        write_rows(conn, rows)
     conn.close()
 
 

@@ -198,7 +198,7 @@ async def delete_key(request: web.Request) -> web.Response:
 
 
 def usage_filters(request: web.Request) -> dict[str, Any]:
-    """`by`, `alias` (or `model`), `from` and `to` of a usage query, checked."""
+    """`by`, `alias` (or `model`), `from`, `to` and `tz` of a usage query, checked."""
     query = request.query
     by = query.get("by", "day")
     if by not in usage_report.PERIODS:
@@ -214,6 +214,9 @@ def usage_filters(request: web.Request) -> dict[str, Any]:
                 raise errors.invalid_param(
                     param, f"'{param}' must be an ISO 8601 date or time, or epoch seconds."
                 ) from None
+    found["tz"] = query.get("tz") or "UTC"
+    if not usage_report.known_zone(found["tz"]):
+        raise errors.invalid_param("tz", f"Unknown timezone {found['tz']!r}.")
     return found
 
 
