@@ -3,7 +3,7 @@ Playwright's Python package with `executable_path`; nothing downloads a
 browser).
 
 Seeded usage (rows written into the gateway's `requests` table on three days
-for key A, one for key B, with their rollups, as the usage writer writes them): signed in with A's
+for key A, one for key B; the rollup trigger does the rest): signed in with A's
 key the charts have 30 daily points (12 weekly after the switch) whose total is
 A's usage on the right days, the usage table equals `usage --json`, and only
 A's key shows; the admin sees every key; a bad key is refused; the CSV export
@@ -133,6 +133,36 @@ def utc_day(days_ago: int) -> str:
     return (datetime.now(UTC).date() - timedelta(days=days_ago)).isoformat()
 
 
+def downloaded(page: Page, button: str) -> list[list[str]]:
+    with page.expect_download() as download:
+        page.click(button)
+    return list(csv.reader(io.StringIO(Path(download.value.path()).read_text())))
+
+
+def shown_table(page: Page, table: str) -> list[list[str]]:
+    return page.eval_on_selector_all(  # type: ignore[no-any-return]
+        f"#{table} tr", "rows => rows.map(r => [...r.children].map(c => c.textContent))"
+    )
+
+
+def check_every_csv(page: Page) -> None:
+    """Each panel's CSV button gives what that panel shows."""
+    for table, button in (("usage", "#export"), ("keys", "#export-keys"), ("log", "#export-log")):
+        exported = downloaded(page, button)
+        assert exported == shown_table(page, table) and len(exported) > 1, table
+    points = [["chart", "series", "period", "value"]]
+    for name in ("requests", "tokens", "spend", "latency", "audio"):
+        for trace, xs, ys in chart(page, name).values():
+            points += [
+                [name, trace, x, "" if y is None else f"{y}"] for x, y in zip(xs, ys, strict=True)
+            ]
+    exported = downloaded(page, "#export-charts")
+    assert len(exported) == len(points) > 30
+    for got, want in zip(exported, points, strict=True):
+        assert got[:3] == want[:3]
+        assert (got[3] == want[3]) or float(got[3]) == pytest.approx(float(want[3]), rel=1e-12)
+
+
 def test_a_key_holder_sees_their_charts_only(browser: Any, seeded: dict[str, Any]) -> None:
     gw, a, b = seeded["gw"], seeded["a"], seeded["b"]
     ctx = new_context(browser, viewport={"width": 1280, "height": 1600}, timezone_id="UTC")
@@ -148,13 +178,13 @@ def test_a_key_holder_sees_their_charts_only(browser: Any, seeded: dict[str, Any
             "#usage tbody tr", "rows => rows.map(r => [...r.children].map(c => c.textContent))"
         )
         assert {
-            (r[0], r[1]): (int(r[2]), int(r[3]), int(r[4]), int(r[5]), r[7])
+            (r[0], r[1]): (int(r[2]), int(r[3]), int(r[4]), int(r[5]), r[7], r[8], r[10])
             for r in table
             if r[1] != "total"
         } == {
             (u["period"], u["model"]): (
                 u["requests"], u["errors"], u["input_tokens"], u["output_tokens"],
-                f"{u['cost_usd']:.6f}",
+                f"{u['cost_usd']:.6f}", f"{u['latency_ms_p50']:.1f}", f"{u['ttft_ms_p50']:.1f}",
             )
             for u in gw.usage(a["id"])
         }  # fmt: skip
@@ -180,13 +210,7 @@ def test_a_key_holder_sees_their_charts_only(browser: Any, seeded: dict[str, Any
         assert x[-1] == (monday - timedelta(days=monday.weekday())).isoformat()
         page.screenshot(path=str(SHOTS / "user-weekly.png"), full_page=True)
 
-        with page.expect_download() as download:
-            page.click("#export")
-        exported = list(csv.reader(io.StringIO(Path(download.value.path()).read_text())))
-        on_screen = page.eval_on_selector_all(
-            "#usage tr", "rows => rows.map(r => [...r.children].map(c => c.textContent))"
-        )
-        assert exported == on_screen and len(exported) > 1
+        check_every_csv(page)
 
         page.select_option("#log-status", "error")
         page.wait_for_selector("body[data-ready=yes]", timeout=30_000)
@@ -194,6 +218,7 @@ def test_a_key_holder_sees_their_charts_only(browser: Any, seeded: dict[str, Any
             "#log tbody td:nth-child(4)", "c => c.map(x => x.textContent)"
         )
         assert statuses == ["502"] * 3
+        check_every_csv(page)  # the log's CSV is the filtered log on screen
     finally:
         ctx.close()
 
