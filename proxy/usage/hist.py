@@ -113,6 +113,29 @@ def add_into(counts: Counts, blob: bytes | None, sign: int = 1) -> None:
         counts[bucket] = get(bucket, 0) + sign * count
 
 
+def add_to_list(counts: list[int], blob: bytes | None, sign: int = 1) -> None:
+    """`add_into` for counts kept as a list indexed by bucket (what a reader
+    merging many rows uses: a list index is cheaper than a dict's)."""
+    if not blob:
+        return
+    buckets, values = _unpack(blob)
+    if sign == 1:
+        for bucket, count in zip(buckets, values, strict=True):
+            counts[bucket] += count
+    else:
+        for bucket, count in zip(buckets, values, strict=True):
+            counts[bucket] -= count
+
+
+def list_quantile(counts: list[int], q: float) -> float | None:
+    """`quantile` of counts kept as a list indexed by bucket."""
+    cumulative = list(accumulate(counts))
+    total = cumulative[-1]
+    if total <= 0:
+        return None
+    return SHOWN[bisect.bisect_left(cumulative, max(1, math.ceil(q * total)))]
+
+
 def decode(blob: bytes | None) -> Counts:
     counts: Counts = {}
     add_into(counts, blob)

@@ -21,13 +21,17 @@ geometric middle, within about 4.4% of the value; `proxy.usage.hist`).
 
 from __future__ import annotations
 
+import gc
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from proxy.usage import hist
 from proxy.usage.rollup_query import (
+    HEADER_COLUMNS,
     anchor,
     as_row,
     ceil_hour,
@@ -81,7 +85,33 @@ def _stored_rows(
     names: dict[str, str],
 ) -> list[dict[str, Any]]:
     labels: dict[int, str] = {}
-    out = []
+    out: list[dict[str, Any]] = []
+    with _no_gc():
+        _fill(out, rows_between(conn, by, lo, hi, key, alias, HEADER_COLUMNS), by, names, labels)
+    return out
+
+
+@contextmanager
+def _no_gc() -> Iterator[None]:
+    """Hundreds of thousands of rows are built at once and all kept: the cyclic
+    collector would walk them again and again (a third of the time) and find
+    no cycle. Off meanwhile, if it was on."""
+    was_on = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_on:
+            gc.enable()
+
+
+def _fill(
+    out: list[dict[str, Any]],
+    rows: Iterator[tuple[Any, ...]],
+    by: str,
+    names: dict[str, str],
+    labels: dict[int, str],
+) -> None:
     for (
         start,
         kid,
@@ -96,7 +126,7 @@ def _stored_rows(
         cost,
         lat,
         ttft,
-    ) in rows_between(conn, by, lo, hi, key, alias):
+    ) in rows:
         period = labels.get(start)
         if period is None:
             period = labels[start] = utc_label(by, start)
@@ -119,7 +149,6 @@ def _stored_rows(
                 "ttft_ms_p50": _SHOWN[ttft[0]] if ttft else None,
             }
         )
-    return out
 
 
 def _local_periods(lo: int, hi: int, by: str, zone: ZoneInfo) -> tuple[list[int], list[str]]:
@@ -161,7 +190,7 @@ def _assembled_rows(
         return []
     lo, hi = max(lo, first), min(hi, last + HOUR)
     bounds, labels = _local_periods(lo, hi, by, zone)
-    groups = collect(conn, by, bounds, key, alias)
+    groups = collect(conn, by, bounds, key, alias, dense=key is not None)
     out = []
     for (i, kid, model), acc in sorted(groups.items(), key=lambda g: (labels[g[0][0]], *g[0][1:])):
         head = {"key_id": kid, "key_name": names.get(kid), "model": model, "period": labels[i]}

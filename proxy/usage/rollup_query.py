@@ -35,8 +35,21 @@ EPOCH = date(1970, 1, 1)
 TOTAL = "*"  # the `model` of a row summing every alias
 SPAN = {"hour": HOUR, "day": DAY, "week": WEEK}
 _COLUMNS = "start, key_id, model, " + ", ".join(SUM_COLUMNS) + ", latency_hist, ttft_hist"
+# the same, but of each histogram only its header (p50, p95 bucket): what one row shows
+HEADER_COLUMNS = _COLUMNS.replace(
+    "latency_hist, ttft_hist", "substr(latency_hist, 1, 2), substr(ttft_hist, 1, 2)"
+)
 
 Acc = list[Any]  # the 8 sums, then the latency and TTFT counts
+
+
+def _new_acc(dense: bool = True) -> Acc:
+    """Counts as lists indexed by bucket (`dense`: cheap to add many rows into,
+    what a view of few groups wants) or as dicts (cheap to hold by the
+    hundred thousand, what the report of every key wants)."""
+    if dense:
+        return [0, 0, 0, 0, 0, 0, 0.0, 0.0, [0] * hist.HIST_BUCKETS, [0] * hist.HIST_BUCKETS]
+    return [0, 0, 0, 0, 0, 0, 0.0, 0.0, {}, {}]
 
 
 @dataclass(frozen=True)
@@ -92,26 +105,35 @@ def _where(key: str | None, alias: str | None) -> tuple[str, list[Any]]:
 
 
 def rows_between(
-    conn: sqlite3.Connection, grain: str, lo: int, hi: int, key: str | None, alias: str | None
+    conn: sqlite3.Connection,
+    grain: str,
+    lo: int,
+    hi: int,
+    key: str | None,
+    alias: str | None,
+    columns: str = _COLUMNS,
 ) -> Iterator[tuple[Any, ...]]:
     """Stored rows of `grain` starting in [lo, hi), in (start, key, model) order."""
     where, args = _where(key, alias)
     return conn.execute(
-        f"SELECT {_COLUMNS} FROM usage_rollup WHERE grain = ? AND start >= ? AND start < ?"
+        f"SELECT {columns} FROM usage_rollup WHERE grain = ? AND start >= ? AND start < ?"
         f"{where} ORDER BY start, key_id, model",
         [grain, lo, hi, *args],
     )
 
 
-def _add(out: dict[tuple[int, str, str], Acc], i: int, row: tuple[Any, ...], sign: int) -> None:
+def _add(
+    out: dict[tuple[int, str, str], Acc], i: int, row: tuple[Any, ...], sign: int, dense: bool
+) -> None:
     k = (i, row[1], row[2])
     acc = out.get(k)
     if acc is None:
-        acc = out[k] = [0, 0, 0, 0, 0, 0, 0.0, 0.0, {}, {}]
+        acc = out[k] = _new_acc(dense)
     for j in range(8):
         acc[j] += sign * row[3 + j]
-    hist.add_into(acc[8], row[11], sign)
-    hist.add_into(acc[9], row[12], sign)
+    add = hist.add_to_list if dense else hist.add_into
+    add(acc[8], row[11], sign)
+    add(acc[9], row[12], sign)
 
 
 def collect(
@@ -120,6 +142,7 @@ def collect(
     bounds: list[int],
     key: str | None,
     alias: str | None = None,
+    dense: bool = True,
 ) -> dict[tuple[int, str, str], Acc]:
     """Usage per (period index, key, alias) for the periods [bounds[i], bounds[i+1])
     (hour-aligned UTC instants), read from `grain` rows and the hour rows at
@@ -128,29 +151,28 @@ def collect(
     n = len(bounds) - 1
     out: dict[tuple[int, str, str], Acc] = {}
     for row in rows_between(conn, grain, anchors[0], anchors[-1], key, alias):
-        _add(out, bisect_right(anchors, row[0]) - 1, row, 1)
+        _add(out, bisect_right(anchors, row[0]) - 1, row, 1, dense)
     for i, (b, a) in enumerate(zip(bounds, anchors, strict=True)):
         if b == a:
             continue
         sign = 1 if b < a else -1  # the hours [b, a) belong to period i, not i - 1
         for row in rows_between(conn, "hour", min(a, b), max(a, b), key, alias):
             if i < n:
-                _add(out, i, row, sign)
+                _add(out, i, row, sign, dense)
             if i > 0:
-                _add(out, i - 1, row, -sign)
+                _add(out, i - 1, row, -sign, dense)
     return {k: acc for k, acc in out.items() if acc[0] > 0}
 
 
 def merged(accs: list[Acc]) -> Acc:
     if len(accs) == 1:
         return accs[0]
-    total: Acc = [0, 0, 0, 0, 0, 0, 0.0, 0.0, {}, {}]
+    total = _new_acc()
     for acc in accs:
         for j in range(8):
             total[j] += acc[j]
         for j in (8, 9):
-            for b, c in acc[j].items():
-                total[j][b] = total[j].get(b, 0) + c
+            total[j] = [a + b for a, b in zip(total[j], acc[j], strict=True)]
     return total
 
 
@@ -158,9 +180,10 @@ def as_row(acc: Acc) -> dict[str, Any]:
     row: dict[str, Any] = dict(zip(SUM_COLUMNS, acc[:8], strict=True))
     row["audio_seconds"] = float(row["audio_seconds"])
     row["cost_usd"] = float(row["cost_usd"])
-    row["latency_ms_p50"] = hist.quantile(acc[8], 0.5)
-    row["latency_ms_p95"] = hist.quantile(acc[8], 0.95)
-    row["ttft_ms_p50"] = hist.quantile(acc[9], 0.5)
+    quantile = hist.list_quantile if isinstance(acc[8], list) else hist.quantile
+    row["latency_ms_p50"] = quantile(acc[8], 0.5)
+    row["latency_ms_p95"] = quantile(acc[8], 0.95)
+    row["ttft_ms_p50"] = quantile(acc[9], 0.5)
     return row
 
 
