@@ -20,6 +20,7 @@ hour rows between local and UTC midnight (at most 12, 14 for +14 zones).
 from __future__ import annotations
 
 import math
+import operator
 import sqlite3
 from bisect import bisect_right
 from collections.abc import Iterator
@@ -136,6 +137,24 @@ def _add(
     add(acc[9], row[12], sign)
 
 
+def _merge_into(
+    out: dict[tuple[int, str, str], Acc], k: tuple[int, str, str], acc: Acc, sign: int, dense: bool
+) -> None:
+    target = out.get(k)
+    if target is None:
+        target = out[k] = _new_acc(dense)
+    for j in range(8):
+        target[j] += sign * acc[j]
+    for j in (8, 9):  # `acc` is sparse (a dict); the target either
+        counts = target[j]
+        if dense:
+            for b, c in acc[j].items():
+                counts[b] += sign * c
+        else:
+            for b, c in acc[j].items():
+                counts[b] = counts.get(b, 0) + sign * c
+
+
 def collect(
     conn: sqlite3.Connection,
     grain: str,
@@ -156,11 +175,14 @@ def collect(
         if b == a:
             continue
         sign = 1 if b < a else -1  # the hours [b, a) belong to period i, not i - 1
+        edge: dict[tuple[int, str, str], Acc] = {}
         for row in rows_between(conn, "hour", min(a, b), max(a, b), key, alias):
+            _add(edge, 0, row, 1, False)  # each hour row read once, for both periods
+        for (_, who, model), acc in edge.items():
             if i < n:
-                _add(out, i, row, sign, dense)
+                _merge_into(out, (i, who, model), acc, sign, dense)
             if i > 0:
-                _add(out, i - 1, row, -sign, dense)
+                _merge_into(out, (i - 1, who, model), acc, -sign, dense)
     return {k: acc for k, acc in out.items() if acc[0] > 0}
 
 
@@ -172,7 +194,7 @@ def merged(accs: list[Acc]) -> Acc:
         for j in range(8):
             total[j] += acc[j]
         for j in (8, 9):
-            total[j] = [a + b for a, b in zip(total[j], acc[j], strict=True)]
+            total[j] = list(map(operator.add, total[j], acc[j]))
     return total
 
 
