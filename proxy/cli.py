@@ -237,6 +237,9 @@ def cmd_usage(args: argparse.Namespace) -> int:
         print(f"usage: --tz {args.tz!r} is not a known IANA timezone", file=sys.stderr)
         return 2
     if args.central:
+        if args.tz != "UTC":
+            print("usage: the central ledger has UTC days and weeks only", file=sys.stderr)
+            return 2
         rows = _central_usage(config, args.key_id, args.by)
     else:
         with closing(storage.connect(config.db_path)) as conn:

@@ -355,3 +355,29 @@ def test_a_database_from_before_these_rollups_is_backfilled(tmp_path: Path, era:
         check_tables(conn)
     finally:
         conn.close()
+
+
+def test_usage_refuses_an_unknown_zone_and_a_zone_for_the_central_ledger(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    config = tmp_path / "prometheus.toml"
+    config.write_text('[storage]\npath = "usage.db"\n')
+    for args, said in (
+        (["--tz", "Mars/Base"], "not a known IANA timezone"),
+        (["--central", "--tz", "Asia/Tokyo"], "UTC days and weeks only"),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "proxy", "usage", "--config", str(config), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 2 and said in done.stderr, done.stderr
+    done = subprocess.run(
+        [sys.executable, "-m", "proxy", "usage", "--config", str(config), "--tz", "Asia/Tokyo"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0 and "(no usage yet)" in done.stdout

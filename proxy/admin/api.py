@@ -227,6 +227,8 @@ async def usage(request: web.Request) -> web.Response:
     if request.query.get("central") in ("1", "true"):  # the cluster's ledger (README)
         if filters["by"] == "hour":
             raise errors.invalid_param("by", "The central ledger has 'day' and 'week' only.")
+        if filters["tz"] != "UTC":
+            raise errors.invalid_param("tz", "The central ledger has UTC days and weeks only.")
         return json_response(await _central_usage(state, key_id, filters["by"]))
     rows = await _in_db(state, lambda c: usage_report.query_usage(c, key_id, **filters))
     return json_response(rows)
