@@ -187,7 +187,12 @@ def added_rows(chunk: Sequence[Sequence[Any]], ids: Sequence[Sequence[Any]]) -> 
     if len(ids) == len(chunk):
         return list(chunk)
     added = {row[0] for row in ids}
-    return [row for row in chunk if row[0] in added]
+    out = []
+    for row in chunk:  # an id twice in one chunk (a journal holding a record twice):
+        if row[0] in added:  # the first was inserted, the second was not
+            out.append(row)
+            added.discard(row[0])
+    return out
 
 
 def write_rows(conn: sqlite3.Connection, rows: Sequence[Sequence[Any]]) -> int:
