@@ -187,6 +187,7 @@ def collect(
 
 
 def merged(accs: list[Acc]) -> Acc:
+    """Dense groups added together (a period's aliases into its total)."""
     if len(accs) == 1:
         return accs[0]
     total = _new_acc()
@@ -199,6 +200,7 @@ def merged(accs: list[Acc]) -> Acc:
 
 
 def as_row(acc: Acc) -> dict[str, Any]:
+    """A group's sums and its p50/p95 as a usage row's columns."""
     row: dict[str, Any] = dict(zip(SUM_COLUMNS, acc[:8], strict=True))
     row["audio_seconds"] = float(row["audio_seconds"])
     row["cost_usd"] = float(row["cost_usd"])
