@@ -1,6 +1,8 @@
 """A generated usage database: a year of usage for 1,000 keys over the eight
-aliases, written the way the gateway writes it (batches of multi-row INSERTs
-into `requests`, so the rollup trigger builds the rollups as it would live).
+aliases, written the way the gateway writes it (`proxy.usage.rollups.write_rows`:
+multi-row INSERTs into `requests` and, in the same transaction, one upsert per
+rollup group of the batch, as the usage writer does live; here one batch per
+generated day).
 
     python bench/gen_usage.py --out /tmp/year.db [--keys 1000] [--days 365] [--per-day 4]
 
@@ -18,7 +20,7 @@ import time
 from pathlib import Path
 
 from proxy import storage
-from proxy.usage.rows import ROWS_PER_INSERT, insert_sql
+from proxy.usage.rollups import write_rows
 
 ALIASES = {  # alias: (weight, input $/1M, output $/1M, kind)
     "prometheus-lite": (30, 0.10, 0.40, "chat"),
@@ -76,10 +78,8 @@ def generate(out: Path, keys: int, days: int, per_day: float, seed: int = 7) -> 
                     batch.append(one(rng, seq, f"key_gen{k:05d}", ts))
                     seq += 1
         batch.sort(key=lambda r: r[1])  # written in time order, as the gateway does
-        for s in range(0, len(batch), ROWS_PER_INSERT):
-            chunk = batch[s : s + ROWS_PER_INSERT]
-            conn.execute(insert_sql(len(chunk)), [v for row in chunk for v in row])
-        conn.commit()
+        with conn:
+            write_rows(conn, batch)
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     conn.close()
     return seq

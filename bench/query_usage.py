@@ -1,16 +1,21 @@
-"""Time the rollup queries a usage view makes, on a database from gen_usage.py.
+"""Time the queries a usage view makes, on a database from gen_usage.py.
 
-    python bench/query_usage.py /tmp/year.db
+    python bench/query_usage.py /tmp/year.db [--runs 7]
 
-Each query runs 7 times on one connection; the median and the worst are shown.
-Also `usage --by week` as it reads today (`proxy.usage.report`, a scan of
-`requests`), once.
+Each dashboard query runs `--runs` times on one connection; the median and
+the worst are shown. Then the usage report (`proxy.usage.report`, what
+`usage`, `/admin/usage` and `/v1/usage` answer) for every key: by week and
+by day in UTC, by week in New York; and `prometheus-gateway usage --by week
+--json` as a whole process (start-up, query, JSON to /dev/null).
 """
 
 from __future__ import annotations
 
+import argparse
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,32 +37,60 @@ def timed(fn: Callable[[], Any], runs: int = 7) -> tuple[float, float, Any]:
 
 
 def main() -> None:
-    db = Path(sys.argv[1])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("db", type=Path)
+    parser.add_argument("--runs", type=int, default=7)
+    args = parser.parse_args()
+    db, runs = args.db, args.runs
     conn = storage.connect(db)
     key = conn.execute("SELECT id FROM api_keys ORDER BY id LIMIT 1").fetchone()[0]
     rows = conn.execute("SELECT count(*) FROM requests").fetchone()[0]
-    print(f"{db}: {db.stat().st_size / 2**20:.0f} MiB, {rows} requests")
-    for tz in ("UTC", "America/New_York"):
+    rollup_rows = conn.execute("SELECT count(*) FROM usage_rollup").fetchone()[0]
+    print(f"{db}: {db.stat().st_size / 2**20:.0f} MiB, {rows} requests, {rollup_rows} rollup rows")
+    for tz in ("UTC", "America/New_York", "Asia/Tokyo"):
         for who, key_id in (("every key", None), ("one key", key)):
             for by, days in (("day", 30), ("week", 84)):
                 window = last_days(days, tz, by)
-                med, worst, out = timed(lambda w=window, k=key_id: usage_series(conn, w, k))
+                med, worst, out = timed(lambda w=window, k=key_id: usage_series(conn, w, k), runs)
                 print(
                     f"{who:9} {by:4} {days:2}d {tz:16} median {med:6.1f} ms"
                     f"  worst {worst:6.1f} ms  ({len(out)} rows)"
                 )
-    for tz in ("UTC", "America/New_York"):
-        med, worst, out = timed(lambda z=tz: _spend(conn, z))
+    for tz in ("UTC", "America/New_York", "Asia/Tokyo"):
+        med, worst, out = timed(lambda z=tz: _spend(conn, z), runs)
         print(
             f"keys: spend today and this week {tz:16} median {med:6.1f} ms  worst {worst:6.1f} ms"
+            f"  ({len(out)} keys)"
         )
-    for who, where, args in (("every key", "1", ()), ("one key", "key_id = ?", (key,))):
+    for who, where, params in (("every key", "1", ()), ("one key", "key_id = ?", (key,))):
         sql = f"SELECT {LOG_COLUMNS} FROM requests WHERE {where} ORDER BY ts DESC LIMIT 100"
-        med, worst, out = timed(lambda s=sql, a=args: conn.execute(s, a).fetchall())
+        med, worst, out = timed(lambda s=sql, a=params: conn.execute(s, a).fetchall(), runs)
         print(f"request log, 100 newest, {who:9}     median {med:6.1f} ms  worst {worst:6.1f} ms")
-    med, _, out = timed(lambda: report.query_usage(conn, by="week"), runs=1)
-    print(f"usage --by week (report.query_usage, raw scan): {med:.0f} ms ({len(out)} rows)")
+    for by, tz in (("week", "UTC"), ("day", "UTC"), ("week", "America/New_York")):
+        cpu0 = time.process_time()
+        med, worst, out = timed(lambda b=by, z=tz: report.query_usage(conn, by=b, tz=z), 3)
+        cpu = (time.process_time() - cpu0) / 3 * 1000
+        print(
+            f"usage report, every key, by {by:4} {tz:16} median {med:7.0f} ms"
+            f"  worst {worst:7.0f} ms  CPU {cpu:7.0f} ms/run  ({len(out)} rows)"
+        )
+        del out
     conn.close()
+    with tempfile.TemporaryDirectory() as d:
+        config = Path(d) / "bench.toml"
+        config.write_text(f'[storage]\npath = "{db.resolve()}"\n')
+        command = [sys.executable, "-m", "proxy", "usage", "--by", "week", "--json"]
+        spent = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            subprocess.run(
+                [*command, "--config", str(config)], check=True, stdout=subprocess.DEVNULL
+            )
+            spent.append(time.perf_counter() - t0)
+        print(
+            f"prometheus-gateway usage --by week --json (whole process): median"
+            f" {statistics.median(spent):.2f} s  worst {max(spent):.2f} s"
+        )
 
 
 if __name__ == "__main__":

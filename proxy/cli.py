@@ -233,11 +233,17 @@ def _central_usage(config: GatewayConfig, key_id: str | None, by: str) -> list[d
 
 def cmd_usage(args: argparse.Namespace) -> int:
     config = _config(args)
+    if not usage_report.known_zone(args.tz):
+        print(f"usage: --tz {args.tz!r} is not a known IANA timezone", file=sys.stderr)
+        return 2
     if args.central:
+        if args.tz != "UTC":
+            print("usage: the central ledger has UTC days and weeks only", file=sys.stderr)
+            return 2
         rows = _central_usage(config, args.key_id, args.by)
     else:
         with closing(storage.connect(config.db_path)) as conn:
-            rows = usage_report.query_usage(conn, args.key_id, args.by)
+            rows = usage_report.query_usage(conn, args.key_id, args.by, tz=args.tz)
     if args.json:
         _print_json(rows)
         return 0
@@ -321,6 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     usage.add_argument("--key-id")
     usage.add_argument("--by", choices=("hour", "day", "week"), default="day")
     usage.add_argument("--json", action="store_true")
+    usage.add_argument("--tz", default="UTC", help="IANA timezone of the days and weeks (UTC)")
     usage.add_argument(
         "--central", action="store_true", help="read the cluster's central ledger (PostgreSQL)"
     )

@@ -80,25 +80,30 @@ def new_context(browser: Any, **options: Any) -> BrowserContext:
 
 
 def seed(gw: GatewayProcess, key_id: str, days_ago: list[int], per_day: int) -> None:
+    """Usage rows written as the gateway's writer writes them: into `requests`
+    with their rollups, in one transaction (`proxy.usage.rollups.write_rows`)."""
+    import sqlite3
+
+    from proxy.usage.rollups import write_rows
+    from proxy.usage.rows import row_of
+
     now = time.time()
     rows = []
     for d in days_ago:
         for i in range(per_day):
-            ts = now - d * 86400 - i
             rows.append(
-                (f"req_seed_{key_id}_{d}_{i}", ts, key_id, "prometheus-lite", "sim:x", "chat",
-                 200 if i else 502, 1, 100 + i, 20, 0.0, 0.0001, 120.0 + i, 30.0)
+                row_of(
+                    {"request_id": f"req_seed_{key_id}_{d}_{i}", "ts": now - d * 86400 - i,
+                     "key_id": key_id, "model": "prometheus-lite", "deployment": "sim:x",
+                     "endpoint": "chat", "status": 200 if i else 502, "stream": 1,
+                     "input_tokens": 100 + i, "output_tokens": 20, "audio_seconds": 0.0,
+                     "cost_usd": 0.0001, "latency_ms": 120.0 + 40 * i, "ttft_ms": 30.0 + i,
+                     "usage_source": "upstream"}
+                )
             )  # fmt: skip
-    import sqlite3
-
     conn = sqlite3.connect(gw.db_path, timeout=10)
     with conn:
-        conn.executemany(
-            "INSERT INTO requests (request_id, ts, key_id, model, deployment, endpoint, status,"
-            " stream, input_tokens, output_tokens, audio_seconds, cost_usd, latency_ms, ttft_ms,"
-            " usage_source) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,'upstream')",
-            rows,
-        )
+        write_rows(conn, rows)
     conn.close()
 
 
@@ -128,6 +133,36 @@ def utc_day(days_ago: int) -> str:
     return (datetime.now(UTC).date() - timedelta(days=days_ago)).isoformat()
 
 
+def downloaded(page: Page, button: str) -> list[list[str]]:
+    with page.expect_download() as download:
+        page.click(button)
+    return list(csv.reader(io.StringIO(Path(download.value.path()).read_text())))
+
+
+def shown_table(page: Page, table: str) -> list[list[str]]:
+    return page.eval_on_selector_all(  # type: ignore[no-any-return]
+        f"#{table} tr", "rows => rows.map(r => [...r.children].map(c => c.textContent))"
+    )
+
+
+def check_every_csv(page: Page) -> None:
+    """Each panel's CSV button gives what that panel shows."""
+    for table, button in (("usage", "#export"), ("keys", "#export-keys"), ("log", "#export-log")):
+        exported = downloaded(page, button)
+        assert exported == shown_table(page, table) and len(exported) > 1, table
+    points = [["chart", "series", "period", "value"]]
+    for name in ("requests", "tokens", "spend", "latency", "audio"):
+        for trace, xs, ys in chart(page, name).values():
+            points += [
+                [name, trace, x, "" if y is None else f"{y}"] for x, y in zip(xs, ys, strict=True)
+            ]
+    exported = downloaded(page, "#export-charts")
+    assert len(exported) == len(points) > 30
+    for got, want in zip(exported, points, strict=True):
+        assert got[:3] == want[:3]
+        assert (got[3] == want[3]) or float(got[3]) == pytest.approx(float(want[3]), rel=1e-12)
+
+
 def test_a_key_holder_sees_their_charts_only(browser: Any, seeded: dict[str, Any]) -> None:
     gw, a, b = seeded["gw"], seeded["a"], seeded["b"]
     ctx = new_context(browser, viewport={"width": 1280, "height": 1600}, timezone_id="UTC")
@@ -143,13 +178,13 @@ def test_a_key_holder_sees_their_charts_only(browser: Any, seeded: dict[str, Any
             "#usage tbody tr", "rows => rows.map(r => [...r.children].map(c => c.textContent))"
         )
         assert {
-            (r[0], r[1]): (int(r[2]), int(r[3]), int(r[4]), int(r[5]), r[7])
+            (r[0], r[1]): (int(r[2]), int(r[3]), int(r[4]), int(r[5]), r[7], r[8], r[10])
             for r in table
             if r[1] != "total"
         } == {
             (u["period"], u["model"]): (
                 u["requests"], u["errors"], u["input_tokens"], u["output_tokens"],
-                f"{u['cost_usd']:.6f}",
+                f"{u['cost_usd']:.6f}", f"{u['latency_ms_p50']:.1f}", f"{u['ttft_ms_p50']:.1f}",
             )
             for u in gw.usage(a["id"])
         }  # fmt: skip
@@ -175,13 +210,7 @@ def test_a_key_holder_sees_their_charts_only(browser: Any, seeded: dict[str, Any
         assert x[-1] == (monday - timedelta(days=monday.weekday())).isoformat()
         page.screenshot(path=str(SHOTS / "user-weekly.png"), full_page=True)
 
-        with page.expect_download() as download:
-            page.click("#export")
-        exported = list(csv.reader(io.StringIO(Path(download.value.path()).read_text())))
-        on_screen = page.eval_on_selector_all(
-            "#usage tr", "rows => rows.map(r => [...r.children].map(c => c.textContent))"
-        )
-        assert exported == on_screen and len(exported) > 1
+        check_every_csv(page)
 
         page.select_option("#log-status", "error")
         page.wait_for_selector("body[data-ready=yes]", timeout=30_000)
@@ -189,6 +218,7 @@ def test_a_key_holder_sees_their_charts_only(browser: Any, seeded: dict[str, Any
             "#log tbody td:nth-child(4)", "c => c.map(x => x.textContent)"
         )
         assert statuses == ["502"] * 3
+        check_every_csv(page)  # the log's CSV is the filtered log on screen
     finally:
         ctx.close()
 

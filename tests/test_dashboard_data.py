@@ -84,9 +84,26 @@ def assert_equals_report(dash: list[dict[str, Any]], report: list[dict[str, Any]
             assert d[column] == r[column], column
         assert math.isclose(d["cost_usd"], r["cost_usd"], rel_tol=1e-9)
         assert math.isclose(d["audio_seconds"], r["audio_seconds"], abs_tol=1e-9)
-        # the p50 comes from the histogram (nearest rank, checked against raw rows in
-        # test_rollups.py); the report's is the exact median, which averages two middles
+        # both read the same histograms: the same bucket, so the same number
+        for column in ("latency_ms_p50", "latency_ms_p95", "ttft_ms_p50"):
+            assert d[column] == r[column], column
         assert d["latency_ms_p50"] is not None and d["latency_ms_p95"] >= d["latency_ms_p50"]
+
+
+def assert_p50_near_the_raw_rows(gw: GatewayProcess, report: list[dict[str, Any]]) -> None:
+    """`usage`'s p50 is the nearest-rank median of the requests' own latencies
+    (read back from the raw rows), to within its histogram bucket: 2^(1/8)."""
+    for r in report:
+        latencies = sorted(
+            lat
+            for (lat,) in gw.db_rows(
+                "SELECT latency_ms FROM requests WHERE key_id = ? AND model = ?"
+                " AND date(ts, 'unixepoch') = ?",
+                r["key_id"], r["model"], r["period"],
+            )
+        )  # fmt: skip
+        exact = latencies[math.ceil(len(latencies) / 2) - 1]
+        assert exact / 2 ** (1 / 16) <= r["latency_ms_p50"] <= exact * 2 ** (1 / 16), (r, exact)
 
 
 def test_a_key_holder_sees_their_own_key_only(
@@ -102,6 +119,7 @@ def test_a_key_holder_sees_their_own_key_only(
     status, _, usage = call(gateway, "GET", "/dashboard/api/usage?by=day", cookie=cookie)
     assert status == 200 and usage["key_id"] == a["id"]
     assert_equals_report(usage["rows"], gateway.usage(a["id"]))
+    assert_p50_near_the_raw_rows(gateway, gateway.usage(a["id"]))
     [total] = [r for r in usage["rows"] if r["model"] == "*"]
     assert total["requests"] == 4
 

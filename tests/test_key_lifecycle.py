@@ -211,6 +211,9 @@ def test_v1_usage_shows_only_the_callers_key(two_workers: GatewayProcess) -> Non
     assert headers["x-ratelimit-limit-requests"] == "50"
     assert call(gw, "GET", "/v1/usage", None)[0] == 401
     assert call(gw, "GET", "/v1/usage?by=year", mine["key"])[0] == 400
+    assert call(gw, "GET", "/v1/usage?tz=Mars/Base", mine["key"])[0] == 400
+    _, _, weekly = call(gw, "GET", "/v1/usage?by=week&tz=Asia/Tokyo&from=2020-01-01", mine["key"])
+    assert sum(row["requests"] for row in weekly["data"]) == 1
 
 
 # -- a database from before ------------------------------------------------------------

@@ -198,7 +198,7 @@ async def delete_key(request: web.Request) -> web.Response:
 
 
 def usage_filters(request: web.Request) -> dict[str, Any]:
-    """`by`, `alias` (or `model`), `from` and `to` of a usage query, checked."""
+    """`by`, `alias` (or `model`), `from`, `to` and `tz` of a usage query, checked."""
     query = request.query
     by = query.get("by", "day")
     if by not in usage_report.PERIODS:
@@ -214,6 +214,9 @@ def usage_filters(request: web.Request) -> dict[str, Any]:
                 raise errors.invalid_param(
                     param, f"'{param}' must be an ISO 8601 date or time, or epoch seconds."
                 ) from None
+    found["tz"] = query.get("tz") or "UTC"
+    if not usage_report.known_zone(found["tz"]):
+        raise errors.invalid_param("tz", f"Unknown timezone {found['tz']!r}.")
     return found
 
 
@@ -224,6 +227,8 @@ async def usage(request: web.Request) -> web.Response:
     if request.query.get("central") in ("1", "true"):  # the cluster's ledger (README)
         if filters["by"] == "hour":
             raise errors.invalid_param("by", "The central ledger has 'day' and 'week' only.")
+        if filters["tz"] != "UTC":
+            raise errors.invalid_param("tz", "The central ledger has UTC days and weeks only.")
         return json_response(await _central_usage(state, key_id, filters["by"]))
     rows = await _in_db(state, lambda c: usage_report.query_usage(c, key_id, **filters))
     return json_response(rows)

@@ -4,7 +4,8 @@ Called by `proxy.server.lifecycle` at start and by every worker's
 `UsageWriter` every `SWEEP_INTERVAL_S` (so a crashed sibling loses nothing).
 A segment whose `flock` can be taken belongs to no live writer. Rows are keyed
 by request id (`ON CONFLICT DO NOTHING`), so a record already written is not counted
-twice.
+twice: only the rows added are rolled up (`proxy.usage.rollups.write_rows`),
+in the transaction that adds them.
 
 A segment is loaded in one transaction; if a row in it is one SQLite cannot
 hold, it is loaded again row by row, the good rows kept and the bad ones set
@@ -21,9 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from proxy.observability.logs import get_logger
+from proxy.usage import rollups
 from proxy.usage.journal import parse_lines, segment_paths, try_lock
 from proxy.usage.rejected import set_aside
-from proxy.usage.rows import INSERT_SQL, is_transient, record_of, row_of, row_problem
+from proxy.usage.rows import is_transient, record_of, row_of, row_problem
 
 SWEEP_INTERVAL_S = 5.0
 
@@ -46,12 +48,12 @@ def _rows(values: list[Any]) -> tuple[list[tuple[Any, ...]], list[tuple[Any, str
 
 
 def _load(conn: sqlite3.Connection, values: list[Any]) -> tuple[int, list[tuple[Any, str]]]:
-    """Insert a segment's records in one transaction: rows added, records refused."""
+    """Insert a segment's records, and roll up those added, in one transaction:
+    rows added, records refused."""
     rows, refused = _rows(values)
-    # rowcount, not total_changes: the rollup trigger's own writes are not rows added
     try:
         with conn:
-            return conn.executemany(INSERT_SQL, rows).rowcount, refused
+            return rollups.write_rows(conn, rows), refused
     except Exception as exc:
         if is_transient(exc):
             raise
@@ -59,7 +61,7 @@ def _load(conn: sqlite3.Connection, values: list[Any]) -> tuple[int, list[tuple[
         added = 0
         for row in rows:
             try:
-                added += conn.execute(INSERT_SQL, row).rowcount
+                added += rollups.write_rows(conn, [row])
             except Exception as exc:
                 if is_transient(exc):
                     raise

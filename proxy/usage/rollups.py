@@ -1,46 +1,45 @@
-"""Usage rolled up at write time: per (key, alias, hour) and (key, alias, UTC day).
+"""Usage rolled up at write time: per (key, alias) and UTC hour, day and ISO week.
 
-Where it sits: beside the `requests` table (proxy.storage). An AFTER INSERT
-trigger on `requests` adds each row that is actually inserted to its hour's and
-its day's `usage_rollup` row, and its latency and TTFT to `usage_hist`, in the
-same transaction as the insert, once under its key and once under `ALL_KEYS`
-(so that a view of every key reads a few rows, not one per key). So the usage
-writer's batches, the journal replay (`INSERT ... ON CONFLICT DO NOTHING`: a
-row replayed twice is inserted, and counted, once) and anything else that
-writes `requests` keep the rollups equal to the raw rows, with no code of their
-own and on the writer's SQLite thread, never on the event loop.
+Where it sits: beside the `requests` table, written in the same transaction
+as the raw rows by whoever inserts them: the usage writer's batches
+(`proxy.usage.writer`), the journal replay (`proxy.usage.replay`) and the
+backfill below. Each batch is rolled up in Python (`fold`: its rows grouped by
+key, alias and hour, then by day and week, once under the key and once under
+`ALL_KEYS`, so that a view of every key reads a few rows, not one per key)
+and written with one upsert per group. Only the rows the INSERT actually added
+are rolled up (`INSERT ... ON CONFLICT DO NOTHING RETURNING request_id`), so a
+row replayed twice is counted once, and a crash before the commit loses
+both the row and its rollup, which the journal then replays together.
 
-Latency and TTFT are kept as mergeable histograms: fixed log-scale buckets, 8
-per doubling from 0.1 ms (each bucket spans 9%), bucket 0 below that. Merging
-is adding counts, so p50/p95 of any range of hours or days come from the
-rollups (`proxy.usage.rollup_query`), never from a scan of raw requests. The
-trigger finds a value's bucket in the `hist_bounds` table (an indexed lookup,
-portable to SQLite builds without math functions).
+This replaced an AFTER INSERT trigger (one upsert per row and grain, and one
+per histogram bucket): per batch, the rows of one group cost one upsert.
+Latency and TTFT are histograms (`proxy.usage.hist`) in BLOB columns, merged
+by the `hist_add` SQL function during the upsert, so a writer's connection
+must have it (`register`).
 
-A database made before the rollups gets them in `install`, under one `BEGIN
-IMMEDIATE` with the backfill from its existing rows, so no row is missed or
-counted twice.
+A database made before these rollups (no rollups at all, or the trigger's
+tables) gets them in `install`, under `proxy.storage.migrate`'s `BEGIN
+IMMEDIATE`, backfilled from its existing rows, so no row is missed or counted
+twice.
 """
 
 from __future__ import annotations
 
-import bisect
-import math
 import sqlite3
+from bisect import bisect_right
+from collections.abc import Iterable, Sequence
+from typing import Any
 
-HIST_BASE_MS = 0.1
-BUCKETS_PER_DOUBLING = 8
-HIST_BUCKETS = 8 * 27  # up to 0.1 ms x 2^27: about 3.7 hours
-GRAINS = {"hour": 3600, "day": 86400}
+from proxy.usage import hist
+from proxy.usage.rows import COLUMNS, ROWS_PER_INSERT
+from proxy.usage.rows import insert_sql as plain_insert_sql
+
 ALL_KEYS = "*"  # the key_id of the rows summing every key (ids are key_... or gateway:...)
-KEYS = ("NEW.key_id", f"'{ALL_KEYS}'")
+HOUR, DAY, WEEK = 3600, 86400, 7 * 86400
+MONDAY0 = 4 * DAY  # 1970-01-05, the first Monday: ISO weeks start there
+VERSION = 2  # meta.rollups_version: 2 = these tables (1 was the trigger's)
 
-# lower bound of each bucket; bucket 0 takes everything below bucket 1
-BOUNDS: tuple[float, ...] = (-math.inf,) + tuple(
-    HIST_BASE_MS * 2 ** ((i - 1) / BUCKETS_PER_DOUBLING) for i in range(1, HIST_BUCKETS)
-)
-
-_SUMS = (
+SUM_COLUMNS: tuple[str, ...] = (
     "requests",
     "errors",
     "input_tokens",
@@ -50,7 +49,7 @@ _SUMS = (
     "audio_seconds",
     "cost_usd",
 )
-SUM_COLUMNS: tuple[str, ...] = _SUMS
+HIST_COLUMNS = ("latency_hist", "ttft_hist")
 
 TABLES = """
 CREATE TABLE IF NOT EXISTS usage_rollup (
@@ -66,139 +65,184 @@ CREATE TABLE IF NOT EXISTS usage_rollup (
     reasoning_tokens INTEGER NOT NULL,
     audio_seconds    REAL NOT NULL,
     cost_usd         REAL NOT NULL,
-    PRIMARY KEY (grain, key_id, start, model)
+    latency_hist     BLOB,
+    ttft_hist        BLOB,
+    PRIMARY KEY (grain, start, key_id, model)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS usage_rollup_time ON usage_rollup (grain, start);
-CREATE TABLE IF NOT EXISTS usage_hist (
-    grain   TEXT NOT NULL,
-    start   INTEGER NOT NULL,
-    key_id  TEXT NOT NULL,
-    model   TEXT NOT NULL,
-    metric  TEXT NOT NULL,
-    bucket  INTEGER NOT NULL,
-    n       INTEGER NOT NULL,
-    PRIMARY KEY (grain, key_id, start, model, metric, bucket)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS usage_hist_time ON usage_hist (grain, start);
-CREATE TABLE IF NOT EXISTS hist_bounds (
-    lo      REAL PRIMARY KEY,
-    bucket  INTEGER NOT NULL
-);
+CREATE INDEX IF NOT EXISTS usage_rollup_key ON usage_rollup (grain, key_id, start);
 """
+# The primary key's order serves every key over a time range (the usage report,
+# the keys table's spend) in the report's order; the index serves one key (or
+# `ALL_KEYS`) over time. The index never changes on an upsert that adds to a row.
+
+UPSERT_SQL = (
+    f"INSERT INTO usage_rollup (grain, start, key_id, model, {', '.join(SUM_COLUMNS)},"
+    f" {', '.join(HIST_COLUMNS)}) VALUES ({', '.join('?' * (4 + len(SUM_COLUMNS) + 2))})"
+    " ON CONFLICT DO UPDATE SET "
+    + ", ".join(f"{c} = {c} + excluded.{c}" for c in SUM_COLUMNS)
+    + ", "
+    + ", ".join(f"{c} = hist_add({c}, excluded.{c})" for c in HIST_COLUMNS)
+)
+
+_COL = {c: i for i, c in enumerate(COLUMNS)}
+_TS, _KEY, _MODEL, _STATUS = _COL["ts"], _COL["key_id"], _COL["model"], _COL["status"]
+_IN, _OUT, _AUDIO, _COST = (
+    _COL["input_tokens"],
+    _COL["output_tokens"],
+    _COL["audio_seconds"],
+    _COL["cost_usd"],
+)
+_CACHED, _REASONING = _COL["cached_tokens"], _COL["reasoning_tokens"]
+_LAT, _TTFT = _COL["latency_ms"], _COL["ttft_ms"]
+_BOUNDS = hist.BOUNDS
 
 
-def _start(grain: str, ts: str) -> str:
-    seconds = GRAINS[grain]
-    return f"(CAST({ts} AS INTEGER) / {seconds} * {seconds})"
+def week_start(ts: int) -> int:
+    """The UTC Monday 00:00 that starts the ISO week of `ts`."""
+    return (ts - MONDAY0) // WEEK * WEEK + MONDAY0
 
 
-def _bucket_sql(value: str) -> str:
-    return f"(SELECT bucket FROM hist_bounds WHERE lo <= {value} ORDER BY lo DESC LIMIT 1)"
+def grain_start(grain: str, ts: int) -> int:
+    if grain == "week":
+        return week_start(ts)
+    size = HOUR if grain == "hour" else DAY
+    return ts // size * size
 
 
-def _trigger() -> str:
-    sums = ", ".join(_SUMS)
-    values = (
-        "1, NEW.status >= 400, NEW.input_tokens, NEW.output_tokens, NEW.cached_tokens,"
-        " NEW.reasoning_tokens, NEW.audio_seconds, NEW.cost_usd"
-    )
-    added = ", ".join(f"{c} = {c} + excluded.{c}" for c in _SUMS)
-    rollups = ", ".join(
-        f"('{g}', {_start(g, 'NEW.ts')}, {k}, NEW.model, {values})" for g in GRAINS for k in KEYS
-    )
-    hist = []
-    for metric, column in (("latency", "NEW.latency_ms"), ("ttft", "NEW.ttft_ms")):
-        rows = " UNION ALL ".join(
-            f"SELECT '{g}' AS g, {_start(g, 'NEW.ts')} AS s, {k} AS k" for g in GRAINS for k in KEYS
-        )
-        hist.append(  # the bucket looked up once, joined to the four rows
-            "INSERT INTO usage_hist (grain, start, key_id, model, metric, bucket, n)"
-            f" SELECT v.g, v.s, v.k, NEW.model, '{metric}', b.bucket, 1"
-            f" FROM ({rows}) AS v,"
-            f" (SELECT bucket FROM hist_bounds WHERE lo <= {column} ORDER BY lo DESC LIMIT 1) AS b"
-            f" WHERE {column} IS NOT NULL ON CONFLICT DO UPDATE SET n = n + 1;"
-        )
-    return (
-        "CREATE TRIGGER IF NOT EXISTS requests_rollup AFTER INSERT ON requests BEGIN\n"
-        f"INSERT INTO usage_rollup (grain, start, key_id, model, {sums}) VALUES {rollups}"
-        f" ON CONFLICT DO UPDATE SET {added};\n" + "\n".join(hist) + "\nEND;"
-    )
+def register(conn: sqlite3.Connection) -> None:
+    """Give a connection the `hist_add` function the upsert needs."""
+    conn.create_function("hist_add", 2, hist.add, deterministic=True)
 
 
-TRIGGER = _trigger()
+Group = list[Any]  # the 8 sums, then the latency and TTFT counts
+
+
+def fold(rows: Iterable[Sequence[Any]]) -> list[tuple[Any, ...]]:
+    """A batch of `requests` rows (`proxy.usage.rows.COLUMNS` order) as upsert
+    parameters: one per (grain, start, key or ALL_KEYS, alias) it touches."""
+    hours: dict[tuple[str, str, int], Group] = {}
+    for r in rows:
+        k = (r[_KEY], r[_MODEL], int(r[_TS]) // HOUR * HOUR)
+        g = hours.get(k)
+        if g is None:
+            g = hours[k] = [0, 0, 0, 0, 0, 0, 0.0, 0.0, {}, {}]
+        g[0] += 1
+        g[1] += r[_STATUS] >= 400
+        g[2] += r[_IN]
+        g[3] += r[_OUT]
+        g[4] += r[_CACHED] or 0
+        g[5] += r[_REASONING] or 0
+        g[6] += r[_AUDIO]
+        g[7] += r[_COST]
+        b = bisect_right(_BOUNDS, r[_LAT]) - 1
+        lat = g[8]
+        lat[b] = lat.get(b, 0) + 1
+        if r[_TTFT] is not None:
+            b = bisect_right(_BOUNDS, r[_TTFT]) - 1
+            ttft = g[9]
+            ttft[b] = ttft.get(b, 0) + 1
+    out: dict[tuple[str, int, str, str], list[Group]] = {}
+    for (key, model, hour), g in hours.items():
+        day, week = hour // DAY * DAY, week_start(hour)
+        for who in (key, ALL_KEYS):
+            for slot in (
+                ("hour", hour, who, model),
+                ("day", day, who, model),
+                ("week", week, who, model),
+            ):
+                members = out.get(slot)
+                if members is None:
+                    out[slot] = [g]
+                else:
+                    members.append(g)
+    blobs: dict[int, tuple[bytes | None, bytes | None]] = {}
+    params = []
+    for slot, members in out.items():
+        if len(members) == 1:  # most per-key groups: one hour of the batch
+            g = members[0]
+            pair = blobs.get(id(g))
+            if pair is None:
+                pair = blobs[id(g)] = (hist.encode(g[8]), hist.encode(g[9]))
+            params.append((*slot, *g[:8], *pair))
+            continue
+        sums = [sum(col) for col in zip(*(m[:8] for m in members), strict=True)]
+        lat_counts: hist.Counts = {}
+        ttft_counts: hist.Counts = {}
+        for m in members:
+            for b, n in m[8].items():
+                lat_counts[b] = lat_counts.get(b, 0) + n
+            for b, n in m[9].items():
+                ttft_counts[b] = ttft_counts.get(b, 0) + n
+        params.append((*slot, *sums, hist.encode(lat_counts), hist.encode(ttft_counts)))
+    return params
+
+
+def insert_sql(rows: int) -> str:
+    """The multi-row INSERT of `proxy.usage.rows`, answering the ids it added."""
+    return plain_insert_sql(rows) + " RETURNING request_id"
+
+
+def added_rows(chunk: Sequence[Sequence[Any]], ids: Sequence[Sequence[Any]]) -> list[Any]:
+    """The rows of `chunk` an INSERT ... RETURNING request_id reported as added."""
+    if len(ids) == len(chunk):
+        return list(chunk)
+    added = {row[0] for row in ids}
+    out = []
+    for row in chunk:  # an id twice in one chunk (a journal holding a record twice):
+        if row[0] in added:  # the first was inserted, the second was not
+            out.append(row)
+            added.discard(row[0])
+    return out
+
+
+def write_rows(conn: sqlite3.Connection, rows: Sequence[Sequence[Any]]) -> int:
+    """Insert `rows` into `requests` and roll up those added, in the caller's
+    transaction (no commit); returns how many were added. The synchronous path
+    (replay, tests, bench); the gateway's writer does the same with aiosqlite."""
+    register(conn)
+    added: list[Any] = []
+    for s in range(0, len(rows), ROWS_PER_INSERT):
+        chunk = rows[s : s + ROWS_PER_INSERT]
+        ids = conn.execute(insert_sql(len(chunk)), [v for row in chunk for v in row]).fetchall()
+        added.extend(added_rows(chunk, ids))
+    if added:
+        conn.executemany(UPSERT_SQL, fold(added))
+    return len(added)
 
 
 def _backfill(conn: sqlite3.Connection) -> None:
-    """Roll up the rows written before the trigger existed (a database of an older
-    release); run in the transaction that creates the trigger."""
-    sums = ", ".join(_SUMS)
-    for grain, key in ((g, k) for g in GRAINS for k in ("key_id", f"'{ALL_KEYS}'")):
-        start = _start(grain, "ts")
-        conn.execute(
-            f"INSERT INTO usage_rollup (grain, start, key_id, model, {sums})"
-            f" SELECT '{grain}', {start}, {key}, model, count(*), sum(status >= 400),"
-            " sum(input_tokens), sum(output_tokens), sum(cached_tokens),"
-            " sum(reasoning_tokens), sum(audio_seconds), sum(cost_usd)"
-            f" FROM requests GROUP BY {start}, {key}, model"
-        )
-        for metric, column in (("latency", "latency_ms"), ("ttft", "ttft_ms")):
-            conn.execute(
-                "INSERT INTO usage_hist (grain, start, key_id, model, metric, bucket, n)"
-                f" SELECT '{grain}', s, k, model, '{metric}', b, count(*) FROM"
-                f" (SELECT {start} AS s, {key} AS k, model, {_bucket_sql(column)} AS b"
-                f"  FROM requests WHERE {column} IS NOT NULL)"
-                " GROUP BY s, k, model, b"
-            )
+    """Roll up every row already in `requests` (in slices, so memory stays small)."""
+    register(conn)
+    columns = ", ".join(COLUMNS)
+    last = None
+    while True:
+        where = "" if last is None else "WHERE rowid > ?"
+        batch = conn.execute(
+            f"SELECT rowid, {columns} FROM requests {where} ORDER BY rowid LIMIT 50000",
+            () if last is None else (last,),
+        ).fetchall()
+        if not batch:
+            return
+        last = batch[-1][0]
+        conn.executemany(UPSERT_SQL, fold(row[1:] for row in batch))
 
 
 def install(conn: sqlite3.Connection) -> None:
-    """Create the rollup tables and the trigger, backfilling once; idempotent.
-    Called by `proxy.storage.migrate` inside its `BEGIN IMMEDIATE`."""
-    present = conn.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = 'requests_rollup'"
-    ).fetchone()
-    if present:
+    """Create the rollup table, replacing the trigger's tables and backfilling
+    once; idempotent. Called by `proxy.storage.migrate` inside its `BEGIN
+    IMMEDIATE`."""
+    version = conn.execute("SELECT value FROM meta WHERE name = 'rollups_version'").fetchone()
+    if version is not None and version[0] == VERSION:
         return
+    conn.execute("DROP TRIGGER IF EXISTS requests_rollup")
+    for table in ("usage_rollup", "usage_hist", "hist_bounds"):
+        conn.execute(f"DROP TABLE IF EXISTS {table}")
     for statement in TABLES.split(";"):
         if statement.strip():
             conn.execute(statement)
-    conn.execute("DELETE FROM hist_bounds")
-    conn.executemany(
-        "INSERT INTO hist_bounds (lo, bucket) VALUES (?, ?)",
-        [(-1e308 if i == 0 else lo, i) for i, lo in enumerate(BOUNDS)],
-    )
-    conn.execute("DELETE FROM usage_rollup")
-    conn.execute("DELETE FROM usage_hist")
     _backfill(conn)
-    conn.execute(TRIGGER)
-
-
-def bucket_of(value_ms: float) -> int:
-    """The histogram bucket the trigger puts `value_ms` in (the same bounds)."""
-    return bisect.bisect_right(BOUNDS, value_ms) - 1
-
-
-def bucket_value(bucket: int) -> float:
-    """A bucket's representative value: the geometric middle of its bounds."""
-    if bucket <= 0:
-        return 0.0
-    return HIST_BASE_MS * 2 ** ((bucket - 0.5) / BUCKETS_PER_DOUBLING)
-
-
-def quantile_bucket(counts: dict[int, int], q: float) -> int | None:
-    """The bucket holding the nearest-rank q-quantile of merged counts."""
-    total = sum(counts.values())
-    if total == 0:
-        return None
-    rank = max(1, math.ceil(q * total))
-    seen = 0
-    for bucket in sorted(counts):
-        seen += counts[bucket]
-        if seen >= rank:
-            return bucket
-    return max(counts)
-
-
-def quantile(counts: dict[int, int], q: float) -> float | None:
-    bucket = quantile_bucket(counts, q)
-    return None if bucket is None else round(bucket_value(bucket), 3)
+    conn.execute(
+        "INSERT INTO meta (name, value) VALUES ('rollups_version', ?)"
+        " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        (VERSION,),
+    )

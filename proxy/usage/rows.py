@@ -85,6 +85,13 @@ _INTEGERS = frozenset(
     COLUMNS.index(c) for c in ("status", "stream", "input_tokens", "output_tokens")
 )
 _BINDABLE = (type(None), int, float, str, bytes)
+_NUMBERS = frozenset(
+    COLUMNS.index(c)
+    for c in (
+        "ts", "status", "stream", "input_tokens", "output_tokens", "audio_seconds", "cost_usd",
+        "latency_ms", "ttft_ms", "cached_tokens", "reasoning_tokens",
+    )
+)  # fmt: skip
 
 
 def row_problem(row: tuple[Any, ...]) -> str | None:
@@ -92,11 +99,14 @@ def row_problem(row: tuple[Any, ...]) -> str | None:
 
     Replay checks each row with it: JSON gives an integer past 64 bits back as
     a float, which SQLite would store, while the live writer could not bind
-    it (OverflowError); refusing it here treats it the same both ways. The
-    live writer uses it only to name the column of a row SQLite refused."""
+    it (OverflowError); refusing it here treats it the same both ways. A text
+    where a number belongs is refused too: the rollups could not add it up.
+    The live writer checks each row with it when a batch failed."""
     for i, value in enumerate(row):
         if not isinstance(value, _BINDABLE):
             return f"{COLUMNS[i]}: a {type(value).__name__} cannot be stored"
+        if i in _NUMBERS and isinstance(value, str | bytes):
+            return f"{COLUMNS[i]}: {value!r} is not a number"
         in_range = not isinstance(value, int | float) or _INT64_MIN <= value <= _INT64_MAX
         if i in _INTEGERS and not in_range:
             return f"{COLUMNS[i]}: {value!r} does not fit a 64-bit integer"

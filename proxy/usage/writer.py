@@ -5,7 +5,8 @@ request, before the last byte of the response goes out: the record is
 appended at once to this process's journal segment (`proxy.usage.journal`)
 and kept in memory (also when the append failed). Every `FLUSH_INTERVAL_S` a
 background task rotates to a fresh segment, writes the batch to SQLite in one
-transaction (`ON CONFLICT DO NOTHING` on the request id), then deletes the sealed
+transaction (`ON CONFLICT DO NOTHING` on the request id) together with the
+rollups of the rows it added (`proxy.usage.rollups`), then deletes the sealed
 segment.
 
 A batch that fails because of the database (busy, locked, disk full) is
@@ -27,13 +28,13 @@ import aiosqlite
 
 from proxy.background import stop_task
 from proxy.observability.logs import get_logger
+from proxy.usage import hist, rollups
 from proxy.usage.journal import UsageJournal
 from proxy.usage.rejected import set_aside
 from proxy.usage.replay import SWEEP_INTERVAL_S, sweep
 from proxy.usage.rows import (
     INSERT_SQL,
     ROWS_PER_INSERT,
-    insert_sql,
     is_transient,
     record_of,
     row_of,
@@ -54,6 +55,7 @@ class UsageWriter:
         self._pending: list[Row] = []  # rows journaled (or not: disk full), not yet in SQLite
         self._task: asyncio.Task[None] | None = None
         self._log = get_logger()
+        self._registered = False
 
     def append(self, record: dict[str, Any]) -> None:
         self._journal.append(record)  # a failure is logged there; memory still has the row
@@ -75,11 +77,18 @@ class UsageWriter:
         self._journal.committed()
 
     async def _write(self, batch: list[Row]) -> list[tuple[Row, str]]:
-        """Commit the batch; the rows SQLite refused, with why (none, mostly)."""
+        """Commit the batch and its rollups; the rows SQLite refused, with why
+        (none, mostly)."""
+        await self._register()
         try:
+            added: list[Row] = []
             for start in range(0, len(batch), ROWS_PER_INSERT):
                 chunk = batch[start : start + ROWS_PER_INSERT]
-                await self._db.execute(insert_sql(len(chunk)), [v for row in chunk for v in row])
+                ids = await self._db.execute_fetchall(
+                    rollups.insert_sql(len(chunk)), [v for row in chunk for v in row]
+                )
+                added.extend(rollups.added_rows(chunk, list(ids)))
+            await self._roll_up(added)
             await self._db.commit()
             return []
         except BaseException as exc:
@@ -88,16 +97,36 @@ class UsageWriter:
                 raise
         return await self._write_row_by_row(batch)
 
+    async def _register(self) -> None:
+        if not self._registered:
+            await self._db.create_function("hist_add", 2, hist.add, deterministic=True)
+            self._registered = True
+
+    async def _roll_up(self, added: list[Row]) -> None:
+        """The upserts of the rows just added, folded off the event loop."""
+        if added:
+            params = await asyncio.to_thread(rollups.fold, added)
+            await self._db.executemany(rollups.UPSERT_SQL, params)
+
     async def _write_row_by_row(self, batch: list[Row]) -> list[tuple[Row, str]]:
         refused: list[tuple[Row, str]] = []
+        added: list[Row] = []
         try:
             for row in batch:
+                problem = row_problem(row)
+                if problem is not None:
+                    refused.append((row, problem))
+                    continue
                 try:
-                    await self._db.execute(INSERT_SQL, row)
+                    cursor = await self._db.execute(INSERT_SQL, row)
                 except Exception as exc:
                     if is_transient(exc):
                         raise
                     refused.append((row, row_problem(row) or f"{type(exc).__name__}: {exc}"))
+                    continue
+                if cursor.rowcount == 1:
+                    added.append(row)
+            await self._roll_up(added)
             await self._db.commit()
         except BaseException:
             await self._rollback()

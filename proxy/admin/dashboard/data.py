@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -27,7 +27,7 @@ from proxy.http import errors
 from proxy.http.bodies import json_response, read_json_body
 from proxy.http.errors import GatewayError
 from proxy.server.state import STATE
-from proxy.usage.rollup_query import last_days, periods, usage_series
+from proxy.usage.rollup_query import last_days, periods, spend_since, usage_series
 
 T = TypeVar("T")
 SHOWN = {"day": 30, "week": 84}  # the last 30 days; the last 12 ISO weeks
@@ -120,18 +120,9 @@ def _spend(conn: sqlite3.Connection, tz: str) -> dict[str, tuple[float, float]]:
     zone = ZoneInfo(tz)
     today = datetime.now(zone).date()
     monday = today - timedelta(days=today.weekday())
-    day_lo = int(datetime.combine(today, datetime.min.time(), zone).timestamp())
-    week_lo = int(datetime.combine(monday, datetime.min.time(), zone).timestamp())
-    grain = "day" if tz == "UTC" else "hour"
-    return {
-        key: (today_usd or 0.0, week_usd or 0.0)
-        for key, today_usd, week_usd in conn.execute(
-            "SELECT key_id, sum(CASE WHEN start >= ? THEN cost_usd END), sum(cost_usd)"
-            " FROM usage_rollup WHERE grain = ? AND start >= ? AND key_id != '*'"
-            " GROUP BY key_id",
-            (day_lo, grain, week_lo),
-        )
-    }
+    day = spend_since(conn, datetime.combine(today, time(0), zone).timestamp(), "day")
+    week = spend_since(conn, datetime.combine(monday, time(0), zone).timestamp(), "week")
+    return {key: (day.get(key, 0.0), week.get(key, 0.0)) for key in {*day, *week}}
 
 
 async def keys(request: web.Request) -> web.Response:

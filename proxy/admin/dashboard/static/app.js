@@ -117,20 +117,40 @@ async function refreshLog() {
     fixed(r.cost_usd, 6), r.deployment]));
 }
 
+// CSV of what is on screen: a table's rows as shown (header included), or the
+// chart series of the chosen view, one line per point (chart, series, period, value).
+const quote = (s) => (/[",\n]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s);
+const csvLine = (cells) => cells.map((c) => quote(c === null || c === undefined ? "" : String(c))).join(",");
+
 function csvOf(table) {
-  const quote = (s) => (/[",\n]/.test(s) ? `"${s.replace(/"/g, '""')}"` : s);
-  return [...table.querySelectorAll("tr")]
-    .map((tr) => [...tr.children].map((c) => quote(c.textContent)).join(","))
-    .join("\n") + "\n";
+  return [...table.querySelectorAll("tr")].map((tr) => csvLine([...tr.children].map((c) => c.textContent))).join("\n") + "\n";
 }
 
-function exportCsv() {
-  const blob = new Blob([csvOf($("usage"))], { type: "text/csv" });
+const CHARTS = ["requests", "tokens", "spend", "latency", "audio"];
+
+function csvOfCharts() {
+  const lines = [csvLine(["chart", "series", "period", "value"])];
+  for (const name of CHARTS) {
+    for (const trace of $(`chart-${name}`).data || []) {
+      trace.x.forEach((x, i) => lines.push(csvLine([name, trace.name, x, trace.y[i]])));
+    }
+  }
+  return lines.join("\n") + "\n";
+}
+
+function download(text, name) {
+  const blob = new Blob([text], { type: "text/csv" });
   const a = document.createElement("a");
   a.href = URL.createObjectURL(blob);
-  a.download = `usage-${$("by").value}.csv`;
+  a.download = name;
   a.click();
   URL.revokeObjectURL(a.href);
+}
+
+function exportCsv(panel) {
+  const by = $("by").value;
+  if (panel === "charts") download(csvOfCharts(), `charts-${by}.csv`);
+  else download(csvOf($(panel)), `${panel}${panel === "usage" ? `-${by}` : ""}.csv`);
 }
 
 async function show(session) {
@@ -173,4 +193,7 @@ $("sign-out").addEventListener("click", async () => {
 });
 for (const id of ["by", "key-filter"]) $(id).addEventListener("change", () => { document.body.dataset.ready = "no"; refresh().then(() => { document.body.dataset.ready = "yes"; }); });
 for (const id of ["log-alias", "log-status"]) $(id).addEventListener("change", () => { document.body.dataset.ready = "no"; refreshLog().then(() => { document.body.dataset.ready = "yes"; }); });
-$("export").addEventListener("click", exportCsv);
+$("export").addEventListener("click", () => exportCsv("usage"));
+for (const button of document.querySelectorAll("button[data-csv]")) {
+  button.addEventListener("click", () => exportCsv(button.dataset.csv));
+}
