@@ -19,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from proxy import storage
-from proxy.auth.limits import period_start
+from proxy.auth.periods import period_start
 
 SEED_SQL = (
     "SELECT key_id, SUM(cost_usd), SUM(CASE WHEN ts >= ? THEN cost_usd ELSE 0 END),"

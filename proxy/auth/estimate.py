@@ -8,13 +8,15 @@ times `n`), else `DEFAULT_OUTPUT_TOKENS`. The meter settles the reservation
 with the real usage afterwards, so an estimate only has to be close.
 
 Counting runs on the event loop once the encoding is loaded and the prompt is
-short (a few microseconds), on a worker thread otherwise (the first count of
+short (a few microseconds, returned at once: no coroutine), on a worker thread
+otherwise (returned as an awaitable) (the first count of
 a process loads the encoding, ~0.5 s; a long prompt takes longer to encode).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,23 +60,45 @@ def _image_tokens(body: dict[str, Any]) -> int:
     return total
 
 
-async def _count(work: Any, size: int, encoding: str) -> int:
-    if encoding in _loaded and size <= INLINE_CHARS:
-        return int(work())
-    counted = int(await asyncio.to_thread(work))
+def _inline(size: int, encoding: str) -> bool:
+    return encoding in _loaded and size <= INLINE_CHARS
+
+
+async def _in_thread(work: Callable[[], int], encoding: str) -> int:
+    counted = await asyncio.to_thread(work)
     _loaded.add(encoding)
     return counted
 
 
-async def chat_estimate(body: dict[str, Any], encoding: str) -> Estimate:
-    size = sum(
-        len(str(m.get("content", ""))) for m in body.get("messages") or () if isinstance(m, dict)
-    )
-    prompt = await _count(lambda: tokens.count_chat_input(body, encoding), size, encoding)
-    return Estimate(prompt + _image_tokens(body), output_tokens(body))
+def _content_size(body: dict[str, Any]) -> int:
+    size = 0
+    for msg in body.get("messages") or ():
+        content = msg.get("content") if isinstance(msg, dict) else None
+        size += len(content) if isinstance(content, str) else len(str(content or ""))
+    return size
 
 
-async def embeddings_estimate(inp: Any, encoding: str) -> Estimate:
+def chat_estimate(body: dict[str, Any], encoding: str) -> Estimate | Awaitable[Estimate]:
+    """The estimate at once (a short prompt, the encoding loaded), else an
+    awaitable that counts on a worker thread."""
+    if _inline(_content_size(body), encoding):
+        prompt = tokens.count_chat_input(body, encoding)
+        return Estimate(prompt + _image_tokens(body), output_tokens(body))
+
+    async def in_thread() -> Estimate:
+        prompt = await _in_thread(lambda: tokens.count_chat_input(body, encoding), encoding)
+        return Estimate(prompt + _image_tokens(body), output_tokens(body))
+
+    return in_thread()
+
+
+def embeddings_estimate(inp: Any, encoding: str) -> Estimate | Awaitable[Estimate]:
     size = len(inp) if isinstance(inp, str) else sum(len(str(x)) for x in inp)
-    count = await _count(lambda: tokens.count_embedding_input(inp, encoding), size, encoding)
-    return Estimate(count, 0)
+    if _inline(size, encoding):
+        return Estimate(tokens.count_embedding_input(inp, encoding), 0)
+
+    async def in_thread() -> Estimate:
+        count = await _in_thread(lambda: tokens.count_embedding_input(inp, encoding), encoding)
+        return Estimate(count, 0)
+
+    return in_thread()
