@@ -6,7 +6,8 @@ settle and release, as a chat request runs them, without HTTP around them.
 For each kind of key (unlimited; rpm only; rpm + tpm + budget) it runs `--n`
 requests `--rounds` times on one event loop and prints the median wall and
 CPU microseconds per request (admit + headers + settle + release, plus the
-small scaffolding every kind shares: a fake request and a header map). The
+small scaffolding every kind shares: a fake request and a header map, whose
+cost alone is the first row). The
 limits table is a fresh file in a temporary directory; with `--redis-url`
 the limits also go through that Redis (under a prefix of its own, deleted
 afterwards). `--profile` prints a cProfile of the limited key's loop.
@@ -44,6 +45,7 @@ from proxy.server.app import _ratelimit_headers
 
 BODY = {"model": "prometheus-lite", "messages": [{"role": "user", "content": "Say hello."}]}
 BIG = 2_000_000_000
+SCAFFOLD = KeyInfo("k-none", "none", "h0", False)  # the fake request and header map alone
 
 
 class FakeRequest(dict[str, Any]):
@@ -77,6 +79,12 @@ async def run(app: web.Application, key: KeyInfo, route: Any, n: int) -> tuple[f
         return chat_estimate(BODY, encoding)
 
     wall0, cpu0 = time.perf_counter(), time.process_time()
+    if key is SCAFFOLD:
+        for _ in range(n):
+            request = FakeRequest(app, key)
+            FakeResponse()
+        wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+        return wall / n * 1e6, cpu / n * 1e6
     for _ in range(n):
         request = FakeRequest(app, key)
         await admission.admit(request, route, estimate)  # type: ignore[arg-type]
@@ -108,6 +116,7 @@ async def main() -> None:
         app = web.Application()
         app[LIMITS] = Limits(local, remote, log)
         keys = {
+            "(scaffold only)": SCAFFOLD,
             "unlimited": KeyInfo("k-free", "free", "h1", False),
             "rpm only": KeyInfo("k-rpm", "rpm", "h2", False, rpm=BIG),
             "rpm+tpm+budget": KeyInfo(
