@@ -6,11 +6,12 @@
   this test's own that is deleted afterwards. The budget is given to a key
   that already spent on one machine: that spend counts; streams through both
   machines run until refused, and the spend recorded on both together is at
-  most the cap plus one stream per worker.
+  most the cap plus one stream per worker. A daily budget's spend in Redis
+  expires a day after its UTC day.
 - A Redis of this test's own (a `redis-server` on a free port, stopped by its
   PID mid-run): the gateway falls back to its per-machine limits, logs it,
   shows it in `/admin/health`, answers no 5xx, and goes back to Redis when it
-  returns.
+  returns; and one whose scripts were flushed gets them loaded again.
 
 Without Redis these tests skip, saying why; in CI (`CI=true`) they fail
 instead: `make test` starts Redis before the suite (tests/ensure_redis.sh).
@@ -316,5 +317,45 @@ def test_redis_stopped_mid_run_falls_back_to_machine_limits(
         finally:
             back.terminate()
             back.wait(10)
+    finally:
+        gw.stop()
+
+
+def test_a_redis_that_lost_its_scripts_is_given_them_again(
+    own_redis: Any, upstream: Upstream, tmp_path: Path
+) -> None:
+    import redis
+
+    _, port = own_redis
+    url = f"redis://127.0.0.1:{port}/0"
+    gw = GatewayProcess(
+        tmp_path / "gw", with_cluster(gateway_config(upstream.base_url), url, "scripts:")
+    ).start()
+    try:
+        made = json.loads(
+            gw.cli(
+                "keys", "create", "--name", "s", "--rpm", "5", "--budget-usd", "1", "--json"
+            ).stdout
+        )  # fmt: skip
+        assert status_of(gw, made["key"])[0] == 200
+        redis.Redis(host=REDIS_HOST, port=port).script_flush()
+        for remaining in ("3", "2"):
+            status, headers, _ = status_of(gw, made["key"])
+            assert status == 200 and headers["x-ratelimit-remaining-requests"] == remaining
+        assert health(gw)["mode"] == "redis"
+        client = redis.Redis(host=REDIS_HOST, port=port)
+        hash_name = f"scripts:{{{made['id']}}}:spend:total"
+
+        def both() -> tuple[float, float]:
+            in_redis = float(client.hget(hash_name, "s") or 0.0)
+            return in_redis, float(gw.db_rows("SELECT SUM(cost_usd) FROM requests")[0][0] or 0.0)
+
+        wait_for(
+            lambda: (
+                len(gw.db_rows("SELECT 1 FROM requests")) == 3
+                and abs(both()[0] - both()[1]) < 1e-12
+            ),
+            message=lambda: f"Redis's spend equal to the three recorded requests: {both()}",
+        )
     finally:
         gw.stop()

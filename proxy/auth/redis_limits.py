@@ -36,9 +36,10 @@ import asyncio
 import socket
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 from structlog.typing import FilteringBoundLogger
 
 from proxy.auth.periods import period_end, period_name
@@ -46,6 +47,7 @@ from proxy.auth.windows import WINDOW_S
 
 TIMEOUT_S = 0.25
 PROBE_INTERVAL_S = 1.0
+SETTLE_DELAY_S = 0.002  # how long settles wait for an admission to carry them
 
 ADMIT_LUA = """
 local t = redis.call('TIME')
@@ -172,6 +174,7 @@ class RedisLimits:
     async def start(self) -> None:
         try:
             await self._client.ping()
+            await self._load_scripts()
         except (RedisError, OSError) as exc:
             self._down(exc)
         else:
@@ -202,7 +205,8 @@ class RedisLimits:
             await asyncio.sleep(PROBE_INTERVAL_S)
             try:
                 await self._client.ping()
-                await self._send([], self._take_spend())  # what was spent while it was away
+                await self._load_scripts()
+                await self._run(None)  # what was spent while it was away
             except (RedisError, OSError) as exc:
                 self.last_error = type(exc).__name__
                 continue
@@ -237,7 +241,7 @@ class RedisLimits:
             keys.append(spend_key)
             args += [repr(cap), repr(cost), repr(seed), self.node, _ttl(spend_key)]
         try:
-            raw = await self._script(keys=keys, args=args)
+            raw = await self._run((keys, args))
         except (TimeoutError, RedisError, OSError) as exc:
             self._down(exc)
             return None
@@ -280,40 +284,77 @@ class RedisLimits:
         return spend
 
     async def _flush(self) -> None:
-        await asyncio.sleep(0)  # gather what this turn of the loop settled
-        batch, self._queue = self._queue, []
+        # settles wait up to SETTLE_DELAY_S for an admission to carry them
+        await asyncio.sleep(SETTLE_DELAY_S)
         self._flushing = False
-        spend = self._take_spend() if self.up else {}
+        if not self.up:
+            self._queue = []
+            return
         try:
-            await self._send(batch, spend)
+            await self._run(None)
         except (TimeoutError, RedisError, OSError) as exc:
             self._down(exc)
 
-    async def _send(
-        self, batch: list[tuple[str, int, int]], spend: dict[str, dict[str, float]]
-    ) -> None:
+    async def _load_scripts(self) -> None:
+        await self._client.script_load(ADMIT_LUA)
+        await self._client.script_load(SETTLE_LUA)
+
+    async def _run(self, admission: tuple[list[str], list[Any]] | None) -> Any:
+        """Send the queued settles, then the admission script if given, in one
+        pipeline (one round trip: a worker's settles reach Redis before its
+        next admission); the script's answer, None without one."""
+        batch, self._queue = self._queue, []
+        spend = list(self._take_spend().items())
         if not batch and not spend:
-            return
+            if admission is None:
+                return None
+            keys, args = admission
+            try:
+                return await self._client.evalsha(self._script.sha, len(keys), *keys, *args)
+            except NoScriptError:  # Redis restarted: it lost the scripts
+                await self._load_scripts()
+                return await self._client.evalsha(self._script.sha, len(keys), *keys, *args)
         try:
             async with self._client.pipeline(transaction=False) as pipe:
                 for key, second, delta in batch:
                     pipe.hincrby(key, str(second), delta)
-                for deltas in spend.values():
+                for _key_id, deltas in spend:
                     names = list(deltas)
-                    args = [self.node, *(repr(deltas[n]) for n in names)]
-                    await self._settle_script(keys=names, args=args, client=pipe)
-                await pipe.execute()
+                    values = (repr(deltas[n]) for n in names)
+                    pipe.evalsha(self._settle_script.sha, len(names), *names, self.node, *values)
+                if admission is not None:
+                    keys, args = admission
+                    pipe.evalsha(self._script.sha, len(keys), *keys, *args)
+                results = await pipe.execute(raise_on_error=False)
         except BaseException:
             # the spend goes again (a batch Redis took before it failed counts
             # twice: refusing early is the safe side of a budget)
-            for key_id, deltas in spend.items():
+            for key_id, deltas in spend:
                 self.settle_spend(key_id, deltas)
             raise
+        answer = results[-1] if admission is not None else None
+        settled = results[len(batch) : len(batch) + len(spend)]
+        unknown = [item for item, res in zip(spend, settled, strict=True) if _no_script(res)]
+        if unknown or _no_script(answer):  # Redis restarted: it lost the scripts
+            await self._load_scripts()
+            for key_id, deltas in unknown:
+                self.settle_spend(key_id, deltas)
+            if admission is not None and _no_script(answer):
+                keys, args = admission
+                answer = await self._client.evalsha(self._script.sha, len(keys), *keys, *args)
+        for res in (*settled, answer):
+            if isinstance(res, Exception) and not _no_script(res):
+                raise res
+        return answer
 
     async def close(self) -> None:
         if self._probe is not None:
             self._probe.cancel()
         await self._client.aclose()
+
+
+def _no_script(result: object) -> bool:
+    return isinstance(result, NoScriptError)
 
 
 def _ttl(spend_key: str) -> int:
