@@ -6,8 +6,11 @@ checks and counts the key's sliding window (one-second buckets in two hashes,
 the same rule as the local table, on Redis's clock so that machines agree)
 and, for a key with a budget, its spend in the budget's period: refused at or
 over the cap, else this request's estimated cost is reserved. Settling (the
-real token count, the real cost) is queued and sent in one pipeline per turn
-of the event loop.
+real token count, the real cost) is queued and sent in the pipeline of the
+worker's next admission, before its script (so a worker's settles reach Redis
+before its next check), or alone after `SETTLE_DELAY_S`. The scripts are
+loaded at start and again when Redis says it lost them (NOSCRIPT), never
+checked per pipeline.
 
 Spend lives in one hash per key and period (`{prefix}{key id}:spend:total`,
 `:spend:m<month>`, `:spend:d<day>`; a month's and a day's expire a day after
