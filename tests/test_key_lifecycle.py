@@ -119,7 +119,10 @@ def test_update_applies_limits_and_models_on_every_worker(two_workers: GatewayPr
         _, headers, _ = call(gw, "GET", "/v1/models", key["key"])
         return headers.get("x-ratelimit-limit-requests") == "2"
 
-    wait_for(lambda: all(limited() for _ in range(6)), message="the new rpm seen by both workers")
+    # 20 calls in a row (each on a new connection, which SO_REUSEPORT spreads): 6
+    # could all land on the worker that made the change (1 in 64) while the other
+    # had not reloaded yet, and that one then admitted every chat below
+    wait_for(lambda: all(limited() for _ in range(20)), message="the new rpm seen by both workers")
     codes = [chat_status(gw, key["key"]) for _ in range(4)]
     assert codes.count((200, None)) == 2
     assert codes.count((429, "rate_limit_exceeded")) == 2

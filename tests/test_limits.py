@@ -12,7 +12,9 @@ cross-worker promise, a gateway of its own with `--workers 4`:
   recorded is at most the cap plus one request; a stream the client cancelled
   counts;
 - 4 workers, one key with rpm 60, 200 requests spread over 10 s: exactly 60
-  accepted.
+  accepted;
+- 4 workers, a key without limits spends, then gets a budget under what it
+  spent: every worker refuses it (the spend each worker gathered counts).
 """
 
 from __future__ import annotations
@@ -265,6 +267,34 @@ def test_rpm_is_one_budget_across_four_workers(four_workers: GatewayProcess) -> 
     assert statuses.count(429) == 140
     assert codes == {"rate_limit_exceeded"}
     assert len(list(Path(gw.workdir).glob("*.journal/limits.shm"))) == 1  # one table
+
+
+def test_a_budget_given_later_counts_what_the_key_spent_on_every_worker(
+    four_workers: GatewayProcess,
+) -> None:
+    gw = four_workers
+    made = make_key(gw, "budget-later")  # no limits: its spend is gathered per worker
+
+    def records() -> tuple[int, float]:
+        rows = gw.db_rows(
+            "SELECT COUNT(*), SUM(cost_usd) FROM requests WHERE key_id = ?", made["id"]
+        )
+        return int(rows[0][0]), float(rows[0][1] or 0.0)
+
+    for _ in range(12):  # a connection each: spread over the four workers
+        assert post(gw, made["key"], chat("prometheus-spark", max_tokens=5))[0] == 200
+    wait_for(lambda: records()[0] == 12, message="the 12 records")
+    spent = records()[1]
+    assert spent > 0
+    # a budget just under what it spent: refused on every worker once they see it
+    gw.cli("keys", "update", made["id"], "--budget-usd", repr(spent * 0.999))
+    time.sleep(1.0)  # the key table reaches every worker within 0.2 s
+    codes = {
+        post(gw, made["key"], chat("prometheus-spark", max_tokens=5))[2]["error"]["code"]
+        for _ in range(12)
+    }
+    assert codes == {"insufficient_quota"}
+    assert records()[0] == 12
 
 
 # -- last: the SDK's own back-off against the windows filled first ----------------------

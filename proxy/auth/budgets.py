@@ -11,7 +11,11 @@ nothing; the journal replay at start has put every earlier record there.
 A request is refused (`insufficient_quota`) once the key's spend in its period,
 plus what this worker's own requests in flight are expected to cost, reaches
 `budget_usd`. In-flight estimates are per worker, so a request may take the
-spend past the cap by at most one request's cost per worker.
+spend past the cap by at most one request's cost per worker. With
+`[cluster] redis_url` the same check runs on the spend of every machine in
+Redis (`proxy.auth.redis_limits`), where each request's estimated cost is
+reserved until it settles; each machine seeds Redis once with what its own
+table knows.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from proxy import storage
-from proxy.auth.limits import period_start
+from proxy.auth.periods import period_start
 
 SEED_SQL = (
     "SELECT key_id, SUM(cost_usd), SUM(CASE WHEN ts >= ? THEN cost_usd ELSE 0 END),"

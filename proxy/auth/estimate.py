@@ -1,25 +1,27 @@
 """What a request is expected to use, before it is sent: the `tpm` reservation
 and the budget's in-flight estimate that `proxy.auth.admission` makes.
 
-Prompt tokens are counted with tiktoken (the deployment's encoding), images by
-OpenAI's tile formula (`proxy.metering.images`), and the reply is expected to
-use what the request asks at most (`max_completion_tokens`, `max_tokens`,
-times `n`), else `DEFAULT_OUTPUT_TOKENS`. The meter settles the reservation
-with the real usage afterwards, so an estimate only has to be close.
+Prompt tokens are counted with tiktoken (the deployment's encoding) and images
+by OpenAI's tile formula, both by `proxy.metering.tokens.count_chat_input`
+(which the meter's local counts use too); the reply is expected to use what
+the request asks at most (`max_completion_tokens`, `max_tokens`, times `n`),
+else `DEFAULT_OUTPUT_TOKENS`. The meter settles the reservation with the real
+usage afterwards, so an estimate only has to be close.
 
 Counting runs on the event loop once the encoding is loaded and the prompt is
-short (a few microseconds), on a worker thread otherwise (the first count of
-a process loads the encoding, ~0.5 s; a long prompt takes longer to encode).
+short (a few microseconds; the estimate is returned at once, no coroutine),
+on a worker thread otherwise (returned as an awaitable: the first count of a
+process loads the encoding, ~0.5 s; a long prompt takes longer to encode).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from proxy.metering import tokens
-from proxy.metering.images import image_part_tokens
 
 DEFAULT_OUTPUT_TOKENS = 256
 INLINE_CHARS = 8192  # prompts up to this size are counted on the loop
@@ -47,34 +49,45 @@ def output_tokens(body: dict[str, Any]) -> int:
     return (most or DEFAULT_OUTPUT_TOKENS) * choices
 
 
-def _image_tokens(body: dict[str, Any]) -> int:
-    total = 0
-    for msg in body.get("messages") or ():
-        content = msg.get("content") if isinstance(msg, dict) else None
-        if isinstance(content, list):
-            for part in content:
-                if isinstance(part, dict) and part.get("type") == "image_url":
-                    total += image_part_tokens(part)
-    return total
+def _inline(size: int, encoding: str) -> bool:
+    return encoding in _loaded and size <= INLINE_CHARS
 
 
-async def _count(work: Any, size: int, encoding: str) -> int:
-    if encoding in _loaded and size <= INLINE_CHARS:
-        return int(work())
-    counted = int(await asyncio.to_thread(work))
+async def _in_thread(work: Callable[[], int], encoding: str) -> int:
+    counted = await asyncio.to_thread(work)
     _loaded.add(encoding)
     return counted
 
 
-async def chat_estimate(body: dict[str, Any], encoding: str) -> Estimate:
-    size = sum(
-        len(str(m.get("content", ""))) for m in body.get("messages") or () if isinstance(m, dict)
-    )
-    prompt = await _count(lambda: tokens.count_chat_input(body, encoding), size, encoding)
-    return Estimate(prompt + _image_tokens(body), output_tokens(body))
+def _content_size(body: dict[str, Any]) -> int:
+    size = 0
+    for msg in body.get("messages") or ():
+        content = msg.get("content") if isinstance(msg, dict) else None
+        size += len(content) if isinstance(content, str) else len(str(content or ""))
+    return size
 
 
-async def embeddings_estimate(inp: Any, encoding: str) -> Estimate:
+def chat_estimate(body: dict[str, Any], encoding: str) -> Estimate | Awaitable[Estimate]:
+    """The estimate at once (a short prompt, the encoding loaded), else an
+    awaitable that counts on a worker thread."""
+    if _inline(_content_size(body), encoding):
+        prompt = tokens.count_chat_input(body, encoding)
+        return Estimate(prompt, output_tokens(body))
+
+    async def in_thread() -> Estimate:
+        prompt = await _in_thread(lambda: tokens.count_chat_input(body, encoding), encoding)
+        return Estimate(prompt, output_tokens(body))
+
+    return in_thread()
+
+
+def embeddings_estimate(inp: Any, encoding: str) -> Estimate | Awaitable[Estimate]:
     size = len(inp) if isinstance(inp, str) else sum(len(str(x)) for x in inp)
-    count = await _count(lambda: tokens.count_embedding_input(inp, encoding), size, encoding)
-    return Estimate(count, 0)
+    if _inline(size, encoding):
+        return Estimate(tokens.count_embedding_input(inp, encoding), 0)
+
+    async def in_thread() -> Estimate:
+        count = await _in_thread(lambda: tokens.count_embedding_input(inp, encoding), encoding)
+        return Estimate(count, 0)
+
+    return in_thread()

@@ -27,12 +27,12 @@ import os
 import struct
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
+from proxy.auth.periods import period_ids
+from proxy.auth.windows import REQ, TOK, WINDOW_S, Window, oldest_second, refused
+
 MAGIC = b"PGLIM001"
-WINDOW_S = 60
 SLOTS = 8192  # keys one machine tracks; past it, a new key is served unlimited (logged)
 HEADER_SIZE = 4096
 MAX_ATTACHED = 200  # live processes recorded in the header
@@ -45,57 +45,14 @@ _STATE = struct.Struct(
     "<qqqddqdq"
 )  # head second, requests, tokens, spend: total, month, id, day, id
 _STATE_AT = 16
-_REQ = struct.Struct(f"<{WINDOW_S}I")
 _REQ_AT = 80
-_TOK = struct.Struct(f"<{WINDOW_S}q")
-_TOK_AT = _REQ_AT + _REQ.size
-_ZERO_BUCKETS = bytes(_REQ.size + _TOK.size)
+_TOK_AT = _REQ_AT + REQ.size
+_ZERO_BUCKETS = bytes(REQ.size + TOK.size)
 _SLOT_ZERO = bytes(SLOT_SIZE)
 
 
 class TableFull(Exception):
     """No free slot for another key on this machine."""
-
-
-@dataclass(slots=True)  # not frozen: a frozen dataclass costs ~1 us more to build
-class Window:
-    """A key's window after a check: what is used, and when room comes back."""
-
-    admitted: bool
-    refused_by: str | None  # "rpm" | "tpm" | None
-    requests: int  # started in the last WINDOW_S seconds (this one included when admitted)
-    tokens: int
-    reset_requests_s: float  # until the oldest request in the window leaves it
-    reset_tokens_s: float
-    retry_after_s: float  # until the refused request would fit (0 when admitted)
-    second: int  # the bucket this request was counted in
-
-
-def period_ids(now: float) -> tuple[int, int]:
-    """(month id, day id) of a UTC time."""
-    day = datetime.fromtimestamp(now, UTC)
-    return day.year * 12 + day.month - 1, int(now // 86400)
-
-
-def period_start(period: str, now: float) -> float:
-    """When the budget period that holds `now` began (0 for `total`)."""
-    if period == "daily":
-        return now - now % 86400
-    if period == "monthly":
-        day = datetime.fromtimestamp(now, UTC)
-        return datetime(day.year, day.month, 1, tzinfo=UTC).timestamp()
-    return 0.0
-
-
-def period_end(period: str, now: float) -> float | None:
-    """When the budget period that holds `now` ends (None for `total`)."""
-    if period == "daily":
-        return now - now % 86400 + 86400
-    if period == "monthly":
-        day = datetime.fromtimestamp(now, UTC)
-        year, month = (day.year + 1, 1) if day.month == 12 else (day.year, day.month + 1)
-        return datetime(year, month, 1, tzinfo=UTC).timestamp()
-    return None
 
 
 def _digest(key_id: str) -> bytes:
@@ -123,6 +80,7 @@ class LocalLimits:
             os.ftruncate(self._fd, FILE_SIZE)
         self._mm = mmap.mmap(self._fd, FILE_SIZE)
         self._slots: dict[str, int] = {}  # key id -> slot offset (slots never move)
+        self._oldest_at: dict[int, tuple[int, int, int]] = {}  # slot -> head, oldest r, t
 
     # -- locking and attaching ---------------------------------------------------
     def _lock(self) -> None:
@@ -191,7 +149,7 @@ class LocalLimits:
         if now_s <= head:
             return head, requests, tokens  # same second (or the clock stepped back)
         if now_s - head >= WINDOW_S:
-            mm[base + _REQ_AT : base + _TOK_AT + _TOK.size] = _ZERO_BUCKETS
+            mm[base + _REQ_AT : base + _TOK_AT + TOK.size] = _ZERO_BUCKETS
             requests = tokens = 0
         else:
             for second in range(head + 1, now_s + 1):
@@ -206,31 +164,85 @@ class LocalLimits:
 
     # -- the request path ------------------------------------------------------------
     def admit(
-        self, key_id: str, now: float, rpm: int | None, tpm: int | None, tokens: int
+        self,
+        key_id: str,
+        now: float,
+        rpm: int | None,
+        tpm: int | None,
+        tokens: int,
+        period: str | None = None,
+        budget: float | None = None,
+        in_flight: float = 0.0,
     ) -> Window:
-        """Count one request and reserve `tokens` if both fit in the window; else
-        count nothing and say which limit refused it and when it would fit."""
+        """Under one lock: read the key's spend in `period` (if given) and refuse
+        when it plus `in_flight` reaches `budget`; then count one request and
+        reserve `tokens` if both fit in the window, else count nothing and say
+        which limit refused it and when it would fit. A key with neither `rpm`
+        nor `tpm` has no window: only its spend is read."""
+        now_s = int(now)
         self._lock()
         try:
             base = self._slot(key_id)
-            head, used_r, used_t = self._advance(base, int(now))
+            spent = 0.0 if period is None else self._spent(base, period, now)
+            if budget is not None and spent + in_flight >= budget:
+                return Window(False, "budget", 0, 0, 0.0, 0.0, 0.0, now_s, spent)
+            if rpm is None and tpm is None:
+                return Window(True, None, 0, 0, 0.0, 0.0, 0.0, now_s, spent)
+            head, used_r, used_t = self._advance(base, now_s)
             refused_by = None
             if rpm is not None and used_r + 1 > rpm:
                 refused_by = "rpm"
             elif tpm is not None and used_t + tokens > tpm and used_t > 0:
                 refused_by = "tpm"  # a request larger than tpm still runs in an empty window
             mm = self._mm
-            if refused_by is None:
+            if refused_by is not None:
+                raw = mm[base + _REQ_AT : base + _TOK_AT + TOK.size]
+            else:
                 i = head % WINDOW_S
                 r_at, t_at = base + _REQ_AT + 4 * i, base + _TOK_AT + 8 * i
                 struct.pack_into("<I", mm, r_at, struct.unpack_from("<I", mm, r_at)[0] + 1)
-                struct.pack_into("<q", mm, t_at, struct.unpack_from("<q", mm, t_at)[0] + tokens)
+                if tokens:
+                    bucket_t = struct.unpack_from("<q", mm, t_at)[0]
+                    struct.pack_into("<q", mm, t_at, bucket_t + tokens)
                 used_r, used_t = used_r + 1, used_t + tokens
                 struct.pack_into("<qq", mm, base + _STATE_AT + 8, used_r, used_t)
-            raw = mm[base + _REQ_AT : base + _TOK_AT + _TOK.size]
+                oldest_r, oldest_t = self._oldest(base, head, used_r, used_t)
         finally:
             self._unlock()
-        return _window(now, head, raw, used_r, used_t, rpm, tpm, tokens, refused_by)
+        if refused_by is not None:
+            return refused(now, head, raw, used_r, used_t, rpm, tpm, tokens, refused_by)
+        return Window(
+            True,
+            None,
+            used_r,
+            used_t,
+            oldest_r + WINDOW_S - now if oldest_r >= 0 else 0.0,
+            oldest_t + WINDOW_S - now if oldest_t >= 0 else 0.0,
+            0.0,
+            head,
+            spent,
+        )
+
+    def _oldest(self, base: int, head: int, used_r: int, used_t: int) -> tuple[int, int]:
+        """The seconds of the oldest request and the oldest tokens in the window
+        (-1: none), found by a byte scan of the buckets once per second of the
+        window's head and then kept (call with the lock held). The oldest bucket
+        changes only when the head moves, or when an empty window gets its first."""
+        cached = self._oldest_at.get(base)
+        if (
+            cached is not None
+            and cached[0] == head
+            and (cached[1] >= 0 or not used_r)
+            and (cached[2] >= 0 or not used_t)
+        ):
+            return cached[1], cached[2]
+        mm = self._mm
+        oldest_r = oldest_second(head, mm[base + _REQ_AT : base + _TOK_AT], 4) if used_r else -1
+        oldest_t = (
+            oldest_second(head, mm[base + _TOK_AT : base + _TOK_AT + TOK.size], 8) if used_t else -1
+        )
+        self._oldest_at[base] = (head, oldest_r, oldest_t)
+        return oldest_r, oldest_t
 
     def peek(self, key_id: str, now: float) -> Window:
         """The key's window as it stands, counting nothing."""
@@ -238,14 +250,12 @@ class LocalLimits:
         try:
             base = self._slot(key_id)
             head, used_r, used_t = self._advance(base, int(now))
-            raw = self._mm[base + _REQ_AT : base + _TOK_AT + _TOK.size]
+            oldest_r, oldest_t = self._oldest(base, head, used_r, used_t)
         finally:
             self._unlock()
-        return _window(now, head, raw, used_r, used_t, None, None, 0, None)
-
-    def undo(self, key_id: str, second: int, tokens: int) -> None:
-        """Take back an admission another limiter (Redis) refused."""
-        self.settle(key_id, second, tokens, 0, 0.0, time_now=None, requests=-1)
+        reset_r = max(oldest_r + WINDOW_S - now, 0.0) if oldest_r >= 0 else 0.0
+        reset_t = max(oldest_t + WINDOW_S - now, 0.0) if oldest_t >= 0 else 0.0
+        return Window(True, None, used_r, used_t, reset_r, reset_t, 0.0, head)
 
     def settle(
         self,
@@ -288,26 +298,45 @@ class LocalLimits:
         month_id, day_id = period_ids(now)
         at = base + _STATE_AT + 24
         total, month, m_id, day, d_id = struct.unpack_from("<ddqdq", self._mm, at)
-        month = (month if m_id == month_id else 0.0) + cost
-        day = (day if d_id == day_id else 0.0) + cost
-        struct.pack_into("<ddqdq", self._mm, at, total + cost, month, month_id, day, day_id)
+        # a cost of an earlier period (added late) counts in total only
+        if month_id >= m_id:
+            month, m_id = (month if m_id == month_id else 0.0) + cost, month_id
+        if day_id >= d_id:
+            day, d_id = (day if d_id == day_id else 0.0) + cost, day_id
+        struct.pack_into("<ddqdq", self._mm, at, total + cost, month, m_id, day, d_id)
+
+    def add_spends(self, costs: dict[str, float], now: float) -> None:
+        """Add each key's cost to its spend, under one lock (the spend of keys
+        without a budget, which the workers gather and add in batches)."""
+        self._lock()
+        try:
+            for key_id, cost in costs.items():
+                try:
+                    base = self._slot(key_id)
+                except TableFull:
+                    continue
+                self._add_spend(base, cost, now)
+        finally:
+            self._unlock()
+
+    def _spent(self, base: int, period: str, now: float) -> float:
+        total, month, m_id, day, d_id = struct.unpack_from(
+            "<ddqdq", self._mm, base + _STATE_AT + 24
+        )
+        if period == "total":
+            return float(total)
+        month_id, day_id = period_ids(now)
+        if period == "monthly":
+            return float(month) if m_id == month_id else 0.0
+        return float(day) if d_id == day_id else 0.0
 
     def spend(self, key_id: str, period: str, now: float) -> float:
         """What the key spent in its budget period (`total`, `monthly`, `daily`)."""
         self._lock()
         try:
-            base = self._slot(key_id)
-            total, month, m_id, day, d_id = struct.unpack_from(
-                "<ddqdq", self._mm, base + _STATE_AT + 24
-            )
+            return self._spent(self._slot(key_id), period, now)
         finally:
             self._unlock()
-        month_id, day_id = period_ids(now)
-        if period == "monthly":
-            return float(month) if m_id == month_id else 0.0
-        if period == "daily":
-            return float(day) if d_id == day_id else 0.0
-        return float(total)
 
     def _seed_spend(self, spends: dict[str, tuple[float, float, float]], now: float) -> None:
         """Set every key's spend (total, this month, today), zeroing the others'
@@ -323,57 +352,3 @@ class LocalLimits:
                 continue
             at = base + _STATE_AT + 24
             struct.pack_into("<ddqdq", self._mm, at, total, month, month_id, day, day_id)
-
-
-def _window(
-    now: float,
-    head: int,
-    raw: bytes,
-    used_r: int,
-    used_t: int,
-    rpm: int | None,
-    tpm: int | None,
-    tokens: int,
-    refused_by: str | None,
-) -> Window:
-    """The window's numbers from the slot's raw buckets (`raw`: the request
-    buckets, then the token buckets), the bucket of second `head` newest."""
-    req_raw, tok_raw = raw[: _REQ.size], raw[_REQ.size :]
-    retry = 0.0
-    if refused_by == "rpm" and rpm is not None:
-        retry = _until(now, head, _REQ.unpack(req_raw), used_r - rpm + 1)
-    elif refused_by == "tpm" and tpm is not None:
-        retry = _until(now, head, _TOK.unpack(tok_raw), used_t + tokens - tpm)
-    return Window(
-        admitted=refused_by is None,
-        refused_by=refused_by,
-        requests=used_r,
-        tokens=used_t,
-        reset_requests_s=_first_leaves(now, head, req_raw, 4) if used_r > 0 else 0.0,
-        reset_tokens_s=_first_leaves(now, head, tok_raw, 8) if used_t > 0 else 0.0,
-        retry_after_s=retry,
-        second=head,
-    )
-
-
-def _first_leaves(now: float, head: int, raw: bytes, width: int) -> float:
-    """Seconds until the oldest non-empty bucket leaves the window (found with a
-    byte scan: this runs for every response of a limited key)."""
-    oldest = (head + 1) % WINDOW_S  # the bucket of second head-59
-    rotated = raw[oldest * width :] + raw[: oldest * width]
-    skipped = (len(rotated) - len(rotated.lstrip(b"\0"))) // width
-    if skipped >= WINDOW_S:
-        return 0.0
-    return max(head - WINDOW_S + 1 + skipped + WINDOW_S - now, 0.0)
-
-
-def _until(now: float, head: int, buckets: tuple[int, ...], free: int) -> float:
-    """Seconds until at least `free` of what the buckets hold has left the window."""
-    if free <= 0:
-        return 0.0
-    freed = 0
-    for second in range(head - WINDOW_S + 1, head + 1):
-        freed += buckets[second % WINDOW_S]
-        if freed >= free:
-            return max(second + WINDOW_S - now, 0.0)
-    return float(WINDOW_S)

@@ -37,7 +37,7 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.auth.admission import RESERVATION
+from proxy.auth.admission import settle
 from proxy.config.model import AliasRoute, Deployment
 from proxy.http.errors import GatewayError
 from proxy.observability import metrics
@@ -201,6 +201,4 @@ class Meter:
         metrics.observe(record)
         if not self._overhead:
             request["usage"] = record
-            reservation = request.get(RESERVATION)
-            if reservation is not None:
-                reservation.settle(input_tokens + output_tokens, record["cost_usd"])
+            settle(request, input_tokens + output_tokens, record["cost_usd"])

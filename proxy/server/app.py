@@ -119,7 +119,7 @@ def build_app(config: GatewayConfig) -> web.Application:
         limits = app[LIMITS]
         if limits.remote is not None:
             await limits.remote.close()
-        limits.local.close()
+        limits.close()  # the spend gathered in this worker, then the table
 
     app.on_startup.append(startup)
     app.on_response_prepare.append(_ratelimit_headers)
