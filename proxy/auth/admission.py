@@ -36,6 +36,7 @@ import math
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from structlog.typing import FilteringBoundLogger
@@ -45,9 +46,11 @@ from proxy.auth.estimate import Estimate
 from proxy.auth.keys import KeyInfo
 from proxy.auth.limits import LocalLimits, TableFull
 from proxy.auth.periods import period_end
-from proxy.auth.redis_limits import RedisLimits, RemoteWindow
 from proxy.auth.windows import WINDOW_S, Window
 from proxy.config.model import AliasRoute
+
+if TYPE_CHECKING:  # redis-py is imported only where [cluster] redis_url is set
+    from proxy.auth.redis_limits import RedisLimits, RemoteWindow
 
 RESERVATION = "reservation"  # request key: the request's `Reservation`
 HEADERS = "ratelimit_headers"  # request key: its x-ratelimit-* headers

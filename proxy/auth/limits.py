@@ -112,6 +112,9 @@ class LocalLimits:
             if not live:
                 now = time.time()
                 self._seed_spend(seed(now), now)
+                # the seeding wrote every slot; only the slots in use need to stay
+                # in this process's memory (the data stays in the shared file)
+                self._mm.madvise(mmap.MADV_DONTNEED)
             return not live
         finally:
             self._unlock()

@@ -28,7 +28,6 @@ from proxy.auth.admission import HEADERS, LIMITS, Limits
 from proxy.auth.budgets import recorded_spend
 from proxy.auth.key_table import KeyTable
 from proxy.auth.limits import LocalLimits
-from proxy.auth.redis_limits import RedisLimits
 from proxy.config.model import GatewayConfig
 from proxy.http.middleware import gateway_middleware
 from proxy.observability import loop_lag, metrics
@@ -85,6 +84,8 @@ def build_app(config: GatewayConfig) -> web.Application:
         local.attach(lambda now: recorded_spend(config.db_path, now))
         remote = None
         if config.redis_url:
+            from proxy.auth.redis_limits import RedisLimits  # redis-py only when configured
+
             remote = RedisLimits(config.redis_url, config.redis_prefix, log)
             await remote.start()
         app[LIMITS] = Limits(local, remote, log)
