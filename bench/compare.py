@@ -631,6 +631,18 @@ def write_config(
     )
 
 
+def relay_command(port: int, upstream_port: int) -> list[str]:
+    """bare_relay.py on `port` in front of a simulator on `upstream_port`."""
+    return [
+        sys.executable,
+        str(RELAY),
+        "--port",
+        str(port),
+        "--upstream",
+        f"http://127.0.0.1:{upstream_port}/v1",
+    ]
+
+
 def sim_command(gw: list[str] | None, port: int, tps: float) -> list[str]:
     if gw is not None:
         return gw + [
@@ -895,14 +907,7 @@ def main() -> int:
         wait_port(sim_port, sim, "simulator")
         relay = procs.start(
             "relay",
-            [
-                sys.executable,
-                str(RELAY),
-                "--port",
-                str(relay_port),
-                "--upstream",
-                f"http://127.0.0.1:{sim_port}/v1",
-            ],
+            relay_command(relay_port, sim_port),
             # the same probe as the gateway's, as a control: the loop lag a bare
             # aiohttp relay sees on this machine at this moment
             {**env, "PROMETHEUS_LOOP_LAG_PROBE": "0" if a.no_loop_probe else "1"},

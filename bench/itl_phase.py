@@ -29,12 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from compare import (
-    RELAY,
     Procs,
     deployment_toml,
     fmt,
     free_port,
     loadgen,
+    relay_command,
     wait_port,
 )
 
@@ -71,14 +71,7 @@ def start_upstream(procs: Procs, env: dict[str, str], tokens_per_second: float) 
     wait_port(sim_port, sim, "paced simulator")
     relay = procs.start(
         "paced-relay",
-        [
-            sys.executable,
-            str(RELAY),
-            "--port",
-            str(relay_port),
-            "--upstream",
-            f"http://127.0.0.1:{sim_port}/v1",
-        ],
+        relay_command(relay_port, sim_port),
         env,
     )
     wait_port(relay_port, relay, "paced relay")
