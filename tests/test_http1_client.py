@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import shutil
+import ssl
+import subprocess
 from collections.abc import AsyncIterator, Callable
 
 import aiohttp
@@ -226,3 +229,55 @@ async def test_no_head_in_time_is_a_timeout(served) -> None:  # type: ignore[no-
         await post(pool, server.url(), head_s=0.3)
     assert 0.25 < loop.time() - started < 2.0
     pool.close()
+
+
+@pytest.fixture
+def loopback_cert(tmp_path):  # type: ignore[no-untyped-def]
+    """A self-signed certificate for 127.0.0.1, made with the openssl command."""
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl command to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+        + ["-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1"]
+        + ["-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+async def test_https_upstream_verified_against_the_trust_store(loopback_cert, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    cert, key = loopback_cert
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    requests: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            requests.append(head + await reader.readexactly(2))
+            writer.write(b'HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n{"tls":1}')
+            await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=context)
+    port = server.sockets[0].getsockname()[1]
+    url = URL(f"https://127.0.0.1:{port}/v1/chat/completions")
+    try:
+        # not in the trust store: refused, never sent
+        with pytest.raises(UpstreamUnavailable, match="(?i)certificate"):
+            await post(Http1Pool(4), url)
+        assert requests == []
+        # trusted (SSL_CERT_FILE is read when the pool makes its TLS context)
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+        pool = Http1Pool(4)
+        assert await post(pool, url) == (200, b'{"tls":1}')
+        assert requests[0].startswith(b"POST /v1/chat/completions HTTP/1.1\r\n")
+        assert b"\r\nHost: 127.0.0.1:%d\r\n" % port in requests[0]
+        pool.close()
+    finally:
+        server.close()

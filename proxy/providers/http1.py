@@ -343,8 +343,8 @@ class Http1Pool:
     async def _connect(self, head: Head, connect_s: float) -> _Connection:
         context = None
         if head.ssl:
-            if self._ssl is None:
-                self._ssl = ssl.create_default_context()
+            if self._ssl is None:  # reading the system's CA store blocks: not on the loop
+                self._ssl = await asyncio.to_thread(ssl.create_default_context)
             context = self._ssl
         try:
             async with asyncio.timeout(connect_s):
