@@ -36,17 +36,10 @@ EPOCH = date(1970, 1, 1)
 TOTAL = "*"  # the `model` of a row summing every alias
 SPAN = {"hour": HOUR, "day": DAY, "week": WEEK}
 _COLUMNS = "start, key_id, model, " + ", ".join(SUM_COLUMNS) + ", latency_hist, ttft_hist"
-# What one stored row shows: its sums, and from its histograms' headers the
-# latency p50 and p95 and the TTFT p50 buckets as one 3-byte BLOB (NO_QUANTILE
-# for an empty histogram). One BLOB, not three columns: Python's sqlite3 pays
-# about as much per column fetched as for the value itself.
-NO_QUANTILE = hist.HIST_BUCKETS
-_NQ = f"{NO_QUANTILE:02X}"
-QUANTILES = (
-    f"CAST(ifnull(substr(latency_hist, 1, 2), X'{_NQ}{_NQ}')"
-    f" || ifnull(substr(ttft_hist, 1, 1), X'{_NQ}') AS BLOB)"
-)
-ROW_COLUMNS = "key_id, model, " + ", ".join(SUM_COLUMNS) + ", " + QUANTILES
+# What one stored row shows: its sums, and its latency p50 and p95 and TTFT p50
+# buckets in `quantiles` (4 bytes; one column, not four: Python's sqlite3 costs
+# about as much per column fetched as for the value in it).
+ROW_COLUMNS = "key_id, model, " + ", ".join(SUM_COLUMNS) + ", quantiles"
 
 Acc = list[Any]  # the 8 sums, then the latency and TTFT counts
 
