@@ -12,7 +12,7 @@ import argparse
 import dataclasses
 import sqlite3
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import closing
 from typing import Any
 
@@ -236,34 +236,57 @@ def cmd_usage(args: argparse.Namespace) -> int:
     if not usage_report.known_zone(args.tz):
         print(f"usage: --tz {args.tz!r} is not a known IANA timezone", file=sys.stderr)
         return 2
+    show = _write_json_rows if args.json else _write_usage_table
     if args.central:
         if args.tz != "UTC":
             print("usage: the central ledger has UTC days and weeks only", file=sys.stderr)
             return 2
-        rows = _central_usage(config, args.key_id, args.by)
-    else:
-        with closing(storage.connect(config.db_path)) as conn:
-            rows = usage_report.query_usage(conn, args.key_id, args.by, tz=args.tz)
-    if args.json:
-        _print_json(rows)
+        show([_central_usage(config, args.key_id, args.by)])
         return 0
-    header = (
+    with closing(storage.connect(config.db_path)) as conn, usage_report.no_gc():
+        show(usage_report.usage_chunks(conn, args.key_id, args.by, tz=args.tz))
+    return 0
+
+
+def _write_json_rows(chunks: Iterable[list[dict[str, Any]]]) -> None:
+    """`_print_json` of all the rows together, byte for byte, but written a
+    chunk at a time: a year of every key's weeks is ~150 MB of JSON, and
+    ~370k rows never all in memory."""
+    sys.stdout.flush()
+    out = sys.stdout.buffer
+    glue = b"[\n"
+    for chunk in chunks:
+        if chunk:  # `[\n  {...},\n  {...}\n]`: the rows without the brackets
+            out.write(glue)
+            out.write(memoryview(orjson.dumps(chunk, option=orjson.OPT_INDENT_2))[2:-2])
+            glue = b",\n"
+    out.write(b"[]\n" if glue == b"[\n" else b"\n]\n")
+    out.flush()
+
+
+def _write_usage_table(chunks: Iterable[list[dict[str, Any]]]) -> None:
+    write = sys.stdout.write
+    write(
         f"{'period':<11} {'key_id':<21} {'model':<18} {'reqs':>6} {'errs':>5} "
         f"{'in_tok':>9} {'out_tok':>9} {'audio_s':>8} {'cost_usd':>11} {'p50_ms':>8} "
-        f"{'ttft_p50':>8}"
+        f"{'ttft_p50':>8}\n"
     )
-    print(header)
-    for r in rows:
-        lat = f"{r['latency_ms_p50']:.1f}" if r["latency_ms_p50"] is not None else "-"
-        ttft = f"{r['ttft_ms_p50']:.1f}" if r["ttft_ms_p50"] is not None else "-"
-        print(
-            f"{r['period']:<11} {r['key_id']:<21} {r['model']:<18} {r['requests']:>6} "
-            f"{r['errors']:>5} {r['input_tokens']:>9} {r['output_tokens']:>9} "
-            f"{r['audio_seconds']:>8.1f} {r['cost_usd']:>11.6f} {lat:>8} {ttft:>8}"
-        )
-    if not rows:
-        print("(no usage yet)")
-    return 0
+    empty = True
+    for chunk in chunks:
+        empty = empty and not chunk
+        write("".join([_table_line(r) for r in chunk]))
+    if empty:
+        write("(no usage yet)\n")
+
+
+def _table_line(r: dict[str, Any]) -> str:
+    lat = f"{r['latency_ms_p50']:.1f}" if r["latency_ms_p50"] is not None else "-"
+    ttft = f"{r['ttft_ms_p50']:.1f}" if r["ttft_ms_p50"] is not None else "-"
+    return (
+        f"{r['period']:<11} {r['key_id']:<21} {r['model']:<18} {r['requests']:>6} "
+        f"{r['errors']:>5} {r['input_tokens']:>9} {r['output_tokens']:>9} "
+        f"{r['audio_seconds']:>8.1f} {r['cost_usd']:>11.6f} {lat:>8} {ttft:>8}\n"
+    )
 
 
 def cmd_sim(args: argparse.Namespace) -> int:

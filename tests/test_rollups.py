@@ -13,7 +13,8 @@ the `usage` rows by hour, day and week, in UTC and New York, with and without
 nearest-rank value. The live writer (`UsageWriter`, aiosqlite) makes the same
 rollups, a bad row and a repeated row included. A database written before
 these rollups (none at all, or the trigger's tables) gets them, backfilled,
-at its next connect.
+at its next connect; one whose rollups lack the stored p50/p95 buckets
+(`quantiles`, version 2) gets them without a backfill, its rows kept.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from hypothesis import strategies as st
 
 from proxy import storage
 from proxy.usage import rollups
-from proxy.usage.hist import bucket_of, decode
+from proxy.usage.hist import bucket_of, decode, quantile_bucket
 from proxy.usage.report import query_usage
 from proxy.usage.rollup_query import TOTAL, Window, usage_series
 from proxy.usage.rollups import ALL_KEYS, week_start
@@ -121,14 +122,20 @@ def check_tables(conn: sqlite3.Connection) -> None:
             assert math.isclose(got[k][6], w[6], rel_tol=1e-9, abs_tol=1e-9)
             assert math.isclose(got[k][7], w[7], rel_tol=1e-9, abs_tol=1e-12)
         got_hist = {}
-        for k, m, s, lat, ttft in conn.execute(
-            "SELECT key_id, model, start, latency_hist, ttft_hist FROM usage_rollup"
+        for k, m, s, lat, ttft, quantiles in conn.execute(
+            "SELECT key_id, model, start, latency_hist, ttft_hist, quantiles FROM usage_rollup"
             " WHERE grain = ?",
             (grain,),
         ):
             for metric, blob in (("latency", lat), ("ttft", ttft)):
                 for bucket, n in decode(blob).items():
                     got_hist[(k, m, s, metric, bucket)] = n
+            want_q = [
+                rollups.NO_QUANTILE if b is None else b
+                for blob in (lat, ttft)
+                for b in (quantile_bucket(decode(blob), 0.5), quantile_bucket(decode(blob), 0.95))
+            ]
+            assert list(quantiles) == want_q, (k, m, s)
         assert got_hist == hist
 
 
@@ -382,3 +389,45 @@ def test_usage_refuses_an_unknown_zone_and_a_zone_for_the_central_ledger(tmp_pat
         timeout=60,
     )
     assert done.returncode == 0 and "(no usage yet)" in done.stdout
+
+
+V2_TABLE = """
+ALTER TABLE usage_rollup RENAME TO fresh;
+DROP INDEX usage_rollup_key;
+CREATE TABLE usage_rollup (
+    grain TEXT NOT NULL, start INTEGER NOT NULL, key_id TEXT NOT NULL, model TEXT NOT NULL,
+    requests INTEGER NOT NULL, errors INTEGER NOT NULL, input_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL, cached_tokens INTEGER NOT NULL,
+    reasoning_tokens INTEGER NOT NULL, audio_seconds REAL NOT NULL, cost_usd REAL NOT NULL,
+    latency_hist BLOB, ttft_hist BLOB, PRIMARY KEY (grain, start, key_id, model)
+) WITHOUT ROWID;
+INSERT INTO usage_rollup SELECT grain, start, key_id, model, requests, errors, input_tokens,
+    output_tokens, cached_tokens, reasoning_tokens, audio_seconds, cost_usd, latency_hist,
+    ttft_hist FROM fresh;
+DROP TABLE fresh;
+CREATE INDEX usage_rollup_key ON usage_rollup (grain, key_id, start);
+UPDATE meta SET value = 2 WHERE name = 'rollups_version';
+"""
+
+
+def test_rollups_without_stored_quantiles_get_them_and_keep_their_rows(tmp_path: Path) -> None:
+    db = tmp_path / "v2.db"
+    conn = storage.connect(db)
+    write(conn, [as_row(i, r) for i, r in enumerate(SAMPLE)])
+    every = "SELECT * FROM usage_rollup ORDER BY grain, start, key_id, model"
+    want = conn.execute(every).fetchall()
+    want_report = query_usage(conn, None, "week")
+    conn.executescript(V2_TABLE)  # as the previous release left it
+    conn.commit()
+    conn.close()
+    conn = storage.connect(db)  # the next start
+    try:
+        assert conn.execute(every).fetchall() == want
+        assert query_usage(conn, None, "week") == want_report
+        names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+        assert "usage_rollup_key" in names and "usage_rollup_v2" not in names
+        write(conn, [as_row(100 + i, r) for i, r in enumerate(SAMPLE)])  # kept up from then on
+        check_tables(conn)
+        check_report(conn, "day", "UTC", None, None, None)
+    finally:
+        conn.close()

@@ -9,8 +9,9 @@ latency_ms_p95). Nothing here reads `requests`: the rows come from
 `usage_rollup` (`proxy.usage.rollups`).
 
 In UTC, with `from`/`to` on the period's boundaries (or absent), each row is
-one stored row and its p50s are read from the histograms' headers: that is
-what keeps `usage --by week` over a year of 1,000 keys well under a second.
+one stored row, read a period at a time, its p50s from the stored
+`quantiles` (no histogram decoded): what keeps `usage --by week` over a year
+of 1,000 keys (~370k rows) near a second.
 In another timezone, or with `from`/`to` inside a period, the periods are
 assembled from day or week rows and the hour rows at their edges
 (`proxy.usage.rollup_query.collect`). `from`/`to` select whole hours: a
@@ -31,20 +32,20 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from proxy.usage import hist
 from proxy.usage.rollup_query import (
-    HEADER_COLUMNS,
     anchor,
     as_row,
     ceil_hour,
     collect,
     local_midnight,
-    rows_between,
+    rows_of_period,
+    stored_starts,
     utc_label,
 )
 from proxy.usage.rollups import ALL_KEYS, HOUR
 
 PERIODS = ("hour", "day", "week")
 _FAR = 2**62
-_SHOWN = hist.SHOWN
+_SHOWN_OR_NONE = (*hist.SHOWN, None)  # index NO_QUANTILE: an empty histogram
 
 
 def query_usage(
@@ -61,21 +62,41 @@ def query_usage(
     `since` or later and before `until` (seconds since the epoch), per local
     day or ISO week in `tz` (hours are always UTC), ordered by period, key
     and alias."""
+    out: list[dict[str, Any]] = []
+    with no_gc():
+        for chunk in usage_chunks(conn, key_id, by, alias=alias, since=since, until=until, tz=tz):
+            out += chunk
+    return out
+
+
+def usage_chunks(
+    conn: sqlite3.Connection,
+    key_id: str | None = None,
+    by: str = "day",
+    *,
+    alias: str | None = None,
+    since: float | None = None,
+    until: float | None = None,
+    tz: str = "UTC",
+) -> Iterator[list[dict[str, Any]]]:
+    """`query_usage`'s rows in order, a period at a time (in UTC; elsewhere all
+    at once): what `usage --json` writes out as it reads, so that a year of
+    every key is never all in memory. ValueError (at once) for a bad `by`."""
     if by not in PERIODS:
         raise ValueError("by must be 'hour', 'day' or 'week'")
     key = key_id or None
     if key == ALL_KEYS:
-        return []  # not a key: the every-key rows are the dashboard's
+        return iter(())  # not a key: the every-key rows are the dashboard's
     lo = 0 if since is None else ceil_hour(since)
     hi = _FAR if until is None else ceil_hour(until)
     names = dict(conn.execute("SELECT id, name FROM api_keys").fetchall())
     edges = [t for t, given in ((lo, since), (hi, until)) if given is not None]
     if by == "hour" or (tz == "UTC" and all(anchor(t, by) == t for t in edges)):
-        return _stored_rows(conn, by, lo, hi, key, alias, names)
-    return _assembled_rows(conn, by, lo, hi, key, alias, names, ZoneInfo(tz))
+        return _stored_chunks(conn, by, lo, hi, key, alias, names)
+    return iter([_assembled_rows(conn, by, lo, hi, key, alias, names, ZoneInfo(tz))])
 
 
-def _stored_rows(
+def _stored_chunks(
     conn: sqlite3.Connection,
     by: str,
     lo: int,
@@ -83,54 +104,12 @@ def _stored_rows(
     key: str | None,
     alias: str | None,
     names: dict[str, str],
-) -> list[dict[str, Any]]:
-    labels: dict[int, str] = {}
-    out: list[dict[str, Any]] = []
-    with _no_gc():
-        _fill(out, rows_between(conn, by, lo, hi, key, alias, HEADER_COLUMNS), by, names, labels)
-    return out
-
-
-@contextmanager
-def _no_gc() -> Iterator[None]:
-    """Hundreds of thousands of rows are built at once and all kept: the cyclic
-    collector would walk them again and again (a third of the time) and find
-    no cycle. Off meanwhile, if it was on."""
-    was_on = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_on:
-            gc.enable()
-
-
-def _fill(
-    out: list[dict[str, Any]],
-    rows: Iterator[tuple[Any, ...]],
-    by: str,
-    names: dict[str, str],
-    labels: dict[int, str],
-) -> None:
-    for (
-        start,
-        kid,
-        model,
-        requests,
-        errors,
-        tin,
-        tout,
-        cached,
-        reasoning,
-        audio,
-        cost,
-        lat,
-        ttft,
-    ) in rows:
-        period = labels.get(start)
-        if period is None:
-            period = labels[start] = utc_label(by, start)
-        out.append(
+) -> Iterator[list[dict[str, Any]]]:
+    """One stored row per report row, read a period at a time (so no row
+    carries its start: one column fewer of the ~370k a year of weeks has)."""
+    for start in stored_starts(conn, by, lo, hi, key, alias):
+        period = utc_label(by, start)
+        yield [
             {
                 "key_id": kid,
                 "key_name": names.get(kid),
@@ -144,11 +123,28 @@ def _fill(
                 "reasoning_tokens": reasoning,
                 "audio_seconds": audio,
                 "cost_usd": cost,
-                "latency_ms_p50": _SHOWN[lat[0]] if lat else None,
-                "latency_ms_p95": _SHOWN[lat[1]] if lat else None,
-                "ttft_ms_p50": _SHOWN[ttft[0]] if ttft else None,
+                "latency_ms_p50": _SHOWN_OR_NONE[q[0]],
+                "latency_ms_p95": _SHOWN_OR_NONE[q[1]],
+                "ttft_ms_p50": _SHOWN_OR_NONE[q[2]],
             }
-        )
+            for kid, model, requests, errors, tin, tout, cached, reasoning, audio, cost, q in (
+                rows_of_period(conn, by, start, key, alias)
+            )
+        ]
+
+
+@contextmanager
+def no_gc() -> Iterator[None]:
+    """Hundreds of thousands of rows are built at once and all kept: the cyclic
+    collector would walk them again and again (a third of the time) and find
+    no cycle. Off meanwhile, if it was on."""
+    was_on = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_on:
+            gc.enable()
 
 
 def _local_periods(lo: int, hi: int, by: str, zone: ZoneInfo) -> tuple[list[int], list[str]]:

@@ -36,10 +36,10 @@ EPOCH = date(1970, 1, 1)
 TOTAL = "*"  # the `model` of a row summing every alias
 SPAN = {"hour": HOUR, "day": DAY, "week": WEEK}
 _COLUMNS = "start, key_id, model, " + ", ".join(SUM_COLUMNS) + ", latency_hist, ttft_hist"
-# the same, but of each histogram only its header (p50, p95 bucket): what one row shows
-HEADER_COLUMNS = _COLUMNS.replace(
-    "latency_hist, ttft_hist", "substr(latency_hist, 1, 2), substr(ttft_hist, 1, 2)"
-)
+# What one stored row shows: its sums, and its latency p50 and p95 and TTFT p50
+# buckets in `quantiles` (4 bytes; one column, not four: Python's sqlite3 costs
+# about as much per column fetched as for the value in it).
+ROW_COLUMNS = "key_id, model, " + ", ".join(SUM_COLUMNS) + ", quantiles"
 
 Acc = list[Any]  # the 8 sums, then the latency and TTFT counts
 
@@ -120,6 +120,39 @@ def rows_between(
         f"SELECT {columns} FROM usage_rollup WHERE grain = ? AND start >= ? AND start < ?"
         f"{where} ORDER BY start, key_id, model",
         [grain, lo, hi, *args],
+    )
+
+
+def stored_starts(
+    conn: sqlite3.Connection,
+    grain: str,
+    lo: int,
+    hi: int,
+    key: str | None,
+    alias: str | None,
+) -> list[int]:
+    """The starts in [lo, hi) of the `grain` rows of `key` (None: of any key,
+    found from their `ALL_KEYS` rows, written with them), ascending."""
+    sql = (
+        "SELECT DISTINCT start FROM usage_rollup WHERE grain = ? AND key_id = ?"
+        " AND start >= ? AND start < ?"
+    )
+    args: list[Any] = [grain, key or ALL_KEYS, lo, hi]
+    if alias is not None:
+        sql += " AND model = ?"
+        args.append(alias)
+    return [start for (start,) in conn.execute(sql + " ORDER BY start", args)]
+
+
+def rows_of_period(
+    conn: sqlite3.Connection, grain: str, start: int, key: str | None, alias: str | None
+) -> sqlite3.Cursor:
+    """The stored `grain` rows starting at `start` (`ROW_COLUMNS`), in (key, alias) order."""
+    where, args = _where(key, alias)
+    return conn.execute(
+        f"SELECT {ROW_COLUMNS} FROM usage_rollup WHERE grain = ? AND start = ?{where}"
+        " ORDER BY key_id, model",
+        [grain, start, *args],
     )
 
 
