@@ -33,4 +33,4 @@ bench: install
 	$(BIN)/python bench/compare.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info _fastpath/*.so _fastpath/_sse_c.c
+	rm -rf $(VENV) build *.egg-info _fastpath/*.so _fastpath/*_c.c

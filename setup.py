@@ -1,4 +1,5 @@
-"""Build script: compiles the `_fastpath` Cython extension.
+"""Build script: compiles the `_fastpath` Cython extensions (the SSE rewriter
+and the usage report's reader).
 
 `pyproject.toml` holds the metadata; this file exists only to declare the
 extension. `PROMETHEUS_NO_EXTENSIONS=1` at build time skips compiling it (the
@@ -14,7 +15,18 @@ if not os.environ.get("PROMETHEUS_NO_EXTENSIONS"):
     from Cython.Build import cythonize
 
     ext_modules = cythonize(
-        [Extension("_fastpath._sse_c", ["_fastpath/_sse_c.pyx"], extra_compile_args=["-O3"])],
+        [
+            Extension("_fastpath._sse_c", ["_fastpath/_sse_c.pyx"], extra_compile_args=["-O3"]),
+            # the usage report's reader links SQLite; without its headers the
+            # build goes on and `_fastpath.usage` uses the pure twin
+            Extension(
+                "_fastpath._usage_c",
+                ["_fastpath/_usage_c.pyx"],
+                libraries=["sqlite3"],
+                extra_compile_args=["-O3"],
+                optional=True,
+            ),
+        ],
         compiler_directives={"language_level": "3", "boundscheck": False, "wraparound": False},
     )
 

@@ -6,8 +6,9 @@ Each dashboard query runs `--runs` times on one connection; the median and
 the worst are shown. Then the usage report (`proxy.usage.report`, what
 `usage`, `/admin/usage` and `/v1/usage` answer) for every key: by week and
 by day in UTC, by week in New York (wall and CPU); and `prometheus-gateway
-usage --by week --json` as a whole process (start-up, query, JSON to
-/dev/null; 5 runs, wall and the child's CPU).
+usage --by week`, as JSON and as the table, as a whole process (start-up,
+query, output to /dev/null; 7 runs each, wall and the child's CPU, and which
+`_fastpath.usage` reader printed the rows).
 """
 
 from __future__ import annotations
@@ -90,22 +91,35 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         config = Path(d) / "bench.toml"
         config.write_text(f'[storage]\npath = "{db.resolve()}"\n')
-        command = [sys.executable, "-m", "proxy", "usage", "--by", "week", "--json"]
-        spent, cpu = [], []
-        for _ in range(5):
-            before = resource.getrusage(resource.RUSAGE_CHILDREN)
-            t0 = time.perf_counter()
-            subprocess.run(
-                [*command, "--config", str(config)], check=True, stdout=subprocess.DEVNULL
+        # run in the temporary directory: from the repository's root, `-m proxy`
+        # would import the source tree's `_fastpath`, which has no compiled twin
+        reader = subprocess.run(
+            [sys.executable, "-c", "import _fastpath.usage as u; print(u.IMPLEMENTATION)"],
+            cwd=d,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        for extra in (["--json"], []):
+            command = [sys.executable, "-m", "proxy", "usage", "--by", "week", *extra]
+            spent, cpu = [], []
+            for _ in range(7):
+                before = resource.getrusage(resource.RUSAGE_CHILDREN)
+                t0 = time.perf_counter()
+                subprocess.run(
+                    [*command, "--config", str(config)],
+                    check=True,
+                    cwd=d,
+                    stdout=subprocess.DEVNULL,
+                )
+                spent.append(time.perf_counter() - t0)
+                after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                cpu.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+            print(
+                f"prometheus-gateway usage --by week {' '.join(extra):6} (whole process,"
+                f" {reader} reader): median {statistics.median(spent):.2f} s"
+                f"  worst {max(spent):.2f} s  CPU median {statistics.median(cpu):.2f} s"
             )
-            spent.append(time.perf_counter() - t0)
-            after = resource.getrusage(resource.RUSAGE_CHILDREN)
-            cpu.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
-        print(
-            f"prometheus-gateway usage --by week --json (whole process): median"
-            f" {statistics.median(spent):.2f} s  worst {max(spent):.2f} s"
-            f"  CPU median {statistics.median(cpu):.2f} s"
-        )
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import argparse
 import dataclasses
 import sqlite3
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from contextlib import closing
 from typing import Any
 
@@ -24,6 +24,7 @@ from proxy.auth.key_params import KeyParamError
 from proxy.config.load import ConfigError, load_config
 from proxy.config.model import GatewayConfig
 from proxy.usage import report as usage_report
+from proxy.usage.report_out import NO_USAGE, TABLE_HEADER, table_line, write_usage
 
 
 def _print_json(value: Any) -> None:
@@ -236,57 +237,28 @@ def cmd_usage(args: argparse.Namespace) -> int:
     if not usage_report.known_zone(args.tz):
         print(f"usage: --tz {args.tz!r} is not a known IANA timezone", file=sys.stderr)
         return 2
-    show = _write_json_rows if args.json else _write_usage_table
     if args.central:
         if args.tz != "UTC":
             print("usage: the central ledger has UTC days and weeks only", file=sys.stderr)
             return 2
-        show([_central_usage(config, args.key_id, args.by)])
+        rows = _central_usage(config, args.key_id, args.by)
+        if args.json:
+            _print_json(rows)
+        else:
+            _print_usage_table(rows)
         return 0
-    with closing(storage.connect(config.db_path)) as conn, usage_report.no_gc():
-        show(usage_report.usage_chunks(conn, args.key_id, args.by, tz=args.tz))
+    sys.stdout.flush()
+    with closing(storage.connect(config.db_path)) as conn:
+        write_usage(
+            sys.stdout.buffer, conn, str(config.db_path), args.key_id, args.by, args.tz, args.json
+        )
+    sys.stdout.buffer.flush()
     return 0
 
 
-def _write_json_rows(chunks: Iterable[list[dict[str, Any]]]) -> None:
-    """`_print_json` of all the rows together, byte for byte, but written a
-    chunk at a time: a year of every key's weeks is ~150 MB of JSON, and
-    ~370k rows never all in memory."""
-    sys.stdout.flush()
-    out = sys.stdout.buffer
-    glue = b"[\n"
-    for chunk in chunks:
-        if chunk:  # `[\n  {...},\n  {...}\n]`: the rows without the brackets
-            out.write(glue)
-            out.write(memoryview(orjson.dumps(chunk, option=orjson.OPT_INDENT_2))[2:-2])
-            glue = b",\n"
-    out.write(b"[]\n" if glue == b"[\n" else b"\n]\n")
-    out.flush()
-
-
-def _write_usage_table(chunks: Iterable[list[dict[str, Any]]]) -> None:
-    write = sys.stdout.write
-    write(
-        f"{'period':<11} {'key_id':<21} {'model':<18} {'reqs':>6} {'errs':>5} "
-        f"{'in_tok':>9} {'out_tok':>9} {'audio_s':>8} {'cost_usd':>11} {'p50_ms':>8} "
-        f"{'ttft_p50':>8}\n"
-    )
-    empty = True
-    for chunk in chunks:
-        empty = empty and not chunk
-        write("".join([_table_line(r) for r in chunk]))
-    if empty:
-        write("(no usage yet)\n")
-
-
-def _table_line(r: dict[str, Any]) -> str:
-    lat = f"{r['latency_ms_p50']:.1f}" if r["latency_ms_p50"] is not None else "-"
-    ttft = f"{r['ttft_ms_p50']:.1f}" if r["ttft_ms_p50"] is not None else "-"
-    return (
-        f"{r['period']:<11} {r['key_id']:<21} {r['model']:<18} {r['requests']:>6} "
-        f"{r['errors']:>5} {r['input_tokens']:>9} {r['output_tokens']:>9} "
-        f"{r['audio_seconds']:>8.1f} {r['cost_usd']:>11.6f} {lat:>8} {ttft:>8}\n"
-    )
+def _print_usage_table(rows: list[dict[str, Any]]) -> None:
+    out = [TABLE_HEADER.decode(), *map(table_line, rows)] if rows else []
+    sys.stdout.write("".join(out or [TABLE_HEADER.decode(), NO_USAGE.decode()]))
 
 
 def cmd_sim(args: argparse.Namespace) -> int:

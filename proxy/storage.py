@@ -7,13 +7,14 @@ lets the CLI read usage while gateway workers write it.
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 from pathlib import Path
-
-import aiosqlite
+from typing import TYPE_CHECKING
 
 from proxy.usage import rollups
+
+if TYPE_CHECKING:
+    import aiosqlite
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -141,6 +142,10 @@ def migrate(conn: sqlite3.Connection) -> None:
 
 async def connect_async(path: Path) -> aiosqlite.Connection:
     """The gateway process's connection; queries run on aiosqlite's thread."""
+    import asyncio  # here: the command line's `usage` and `keys` need neither
+
+    import aiosqlite
+
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = await aiosqlite.connect(path, timeout=5.0)
     for pragma in PRAGMAS:

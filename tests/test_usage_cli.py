@@ -1,7 +1,7 @@
 """`prometheus-gateway usage` prints what the usage report holds.
 
 The command writes its rows a period at a time (`proxy.usage.report.usage_chunks`,
-`proxy.cli._write_json_rows`), so that a year of every key is never all in
+`proxy.usage.report_out`), so that a year of every key is never all in
 memory; what it prints must still be, byte for byte, the whole report dumped
 at once (`--json`: `orjson` with two-space indents, as `keys list --json`), in
 every grain, for one key or all, in UTC and in another zone, and `[]` or

@@ -26,6 +26,7 @@ import gc
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -37,7 +38,7 @@ from proxy.usage.rollup_query import (
     ceil_hour,
     collect,
     local_midnight,
-    rows_of_period,
+    period_query,
     stored_starts,
     utc_label,
 )
@@ -82,33 +83,63 @@ def usage_chunks(
     """`query_usage`'s rows in order, a period at a time (in UTC; elsewhere all
     at once): what `usage --json` writes out as it reads, so that a year of
     every key is never all in memory. ValueError (at once) for a bad `by`."""
+    plan = plan_report(conn, key_id, by, alias=alias, since=since, until=until, tz=tz)
+    if plan.periods is not None:
+        return _stored_chunks(conn, plan)
+    zone = ZoneInfo(tz)
+    return iter([_assembled_rows(conn, by, plan.lo, plan.hi, plan.key, alias, plan.names, zone)])
+
+
+@dataclass
+class ReportPlan:
+    """What a report reads. `periods`: where each row is one stored row (UTC,
+    `from`/`to` on the periods' boundaries, or by hour), each period's start
+    and label, read by `sql` with the arguments (grain, start, *args);
+    None where the periods are assembled (`_assembled_rows`)."""
+
+    by: str
+    key: str | None
+    lo: int
+    hi: int
+    names: dict[str, str]
+    sql: str
+    args: list[Any]
+    periods: list[tuple[int, str]] | None
+
+
+def plan_report(
+    conn: sqlite3.Connection,
+    key_id: str | None = None,
+    by: str = "day",
+    *,
+    alias: str | None = None,
+    since: float | None = None,
+    until: float | None = None,
+    tz: str = "UTC",
+) -> ReportPlan:
+    """How `usage_chunks` reads its rows. ValueError for a bad `by`."""
     if by not in PERIODS:
         raise ValueError("by must be 'hour', 'day' or 'week'")
     key = key_id or None
-    if key == ALL_KEYS:
-        return iter(())  # not a key: the every-key rows are the dashboard's
     lo = 0 if since is None else ceil_hour(since)
     hi = _FAR if until is None else ceil_hour(until)
     names = dict(conn.execute("SELECT id, name FROM api_keys").fetchall())
+    sql, args = period_query(by, key, alias)
+    plan = ReportPlan(by, key, lo, hi, names, sql, args, None)
     edges = [t for t, given in ((lo, since), (hi, until)) if given is not None]
-    if by == "hour" or (tz == "UTC" and all(anchor(t, by) == t for t in edges)):
-        return _stored_chunks(conn, by, lo, hi, key, alias, names)
-    return iter([_assembled_rows(conn, by, lo, hi, key, alias, names, ZoneInfo(tz))])
+    if key == ALL_KEYS:
+        plan.periods = []  # not a key: the every-key rows are the dashboard's
+    elif by == "hour" or (tz == "UTC" and all(anchor(t, by) == t for t in edges)):
+        starts = stored_starts(conn, by, lo, hi, key, alias)
+        plan.periods = [(start, utc_label(by, start)) for start in starts]
+    return plan
 
 
-def _stored_chunks(
-    conn: sqlite3.Connection,
-    by: str,
-    lo: int,
-    hi: int,
-    key: str | None,
-    alias: str | None,
-    names: dict[str, str],
-) -> Iterator[list[dict[str, Any]]]:
+def _stored_chunks(conn: sqlite3.Connection, plan: ReportPlan) -> Iterator[list[dict[str, Any]]]:
     """One stored row per report row, read a period at a time (so no row
     carries its start: one column fewer of the ~370k a year of weeks has)."""
-    for start in stored_starts(conn, by, lo, hi, key, alias):
-        period = utc_label(by, start)
+    names = plan.names
+    for start, period in plan.periods or ():
         yield [
             {
                 "key_id": kid,
@@ -128,7 +159,7 @@ def _stored_chunks(
                 "ttft_ms_p50": _SHOWN_OR_NONE[q[2]],
             }
             for kid, model, requests, errors, tin, tout, cached, reasoning, audio, cost, q in (
-                rows_of_period(conn, by, start, key, alias)
+                conn.execute(plan.sql, [plan.by, start, *plan.args])
             )
         ]
 

@@ -144,16 +144,15 @@ def stored_starts(
     return [start for (start,) in conn.execute(sql + " ORDER BY start", args)]
 
 
-def rows_of_period(
-    conn: sqlite3.Connection, grain: str, start: int, key: str | None, alias: str | None
-) -> sqlite3.Cursor:
-    """The stored `grain` rows starting at `start` (`ROW_COLUMNS`), in (key, alias) order."""
+def period_query(grain: str, key: str | None, alias: str | None) -> tuple[str, list[Any]]:
+    """The SQL selecting the stored rows of one period (`ROW_COLUMNS`, in (key,
+    alias) order) and its arguments after `grain` and the period's start."""
     where, args = _where(key, alias)
-    return conn.execute(
+    sql = (
         f"SELECT {ROW_COLUMNS} FROM usage_rollup WHERE grain = ? AND start = ?{where}"
-        " ORDER BY key_id, model",
-        [grain, start, *args],
+        " ORDER BY key_id, model"
     )
+    return sql, args
 
 
 def _add(
