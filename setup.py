@@ -1,5 +1,5 @@
-"""Build script: compiles the `_fastpath` Cython extensions (the SSE rewriter
-and the usage report's reader).
+"""Build script: compiles the `_fastpath` Cython extensions (the SSE rewriter,
+the usage histograms' codec and the usage report's reader).
 
 `pyproject.toml` holds the metadata; this file exists only to declare the
 extension. `PROMETHEUS_NO_EXTENSIONS=1` at build time skips compiling it (the
@@ -17,6 +17,7 @@ if not os.environ.get("PROMETHEUS_NO_EXTENSIONS"):
     ext_modules = cythonize(
         [
             Extension("_fastpath._sse_c", ["_fastpath/_sse_c.pyx"], extra_compile_args=["-O3"]),
+            Extension("_fastpath._hist_c", ["_fastpath/_hist_c.pyx"], extra_compile_args=["-O3"]),
             # the usage report's reader links SQLite; without its headers the
             # build goes on and `_fastpath.usage` uses the pure twin
             Extension(

@@ -13,16 +13,20 @@ bucket numbers (one byte each, ascending), then their n counts as
 little-endian unsigned integers of w bytes (8 only once a count passes 2^32).
 The header makes a single row's p50/p95 a byte read (what `usage --by week`
 needs for every row); a range's quantile merges the counts. An empty
-histogram is NULL.
+histogram is NULL. Its codec (`encode`, `add`, `add_into`, `add_to_list`) is
+`_fastpath.hist`, compiled where it was built; re-exported here.
 """
 
 from __future__ import annotations
 
 import bisect
 import math
-import sys
-from array import array
 from itertools import accumulate
+
+from _fastpath.hist import add as add
+from _fastpath.hist import add_into as add_into
+from _fastpath.hist import add_to_list as add_to_list
+from _fastpath.hist import encode as encode
 
 HIST_BASE_MS = 0.1
 BUCKETS_PER_DOUBLING = 8
@@ -32,7 +36,6 @@ HIST_BUCKETS = 8 * 27  # up to 0.1 ms x 2^27: about 3.7 hours (fits a byte)
 BOUNDS: tuple[float, ...] = (-math.inf,) + tuple(
     HIST_BASE_MS * 2 ** ((i - 1) / BUCKETS_PER_DOUBLING) for i in range(1, HIST_BUCKETS)
 )
-_BIG_ENDIAN = sys.byteorder == "big"
 
 Counts = dict[int, int]
 
@@ -73,60 +76,6 @@ def quantile(counts: Counts, q: float) -> float | None:
     return None if bucket is None else SHOWN[bucket]
 
 
-def _pack(buckets: bytearray | bytes, counts: array[int]) -> bytes:
-    """Header (p50 bucket, p95 bucket, n, count width) + buckets + counts."""
-    cumulative = list(accumulate(counts))
-    total = cumulative[-1]
-    p50 = buckets[bisect.bisect_left(cumulative, (total + 1) // 2)]
-    p95 = buckets[bisect.bisect_left(cumulative, max(1, math.ceil(0.95 * total)))]
-    if counts.typecode == "Q" and total < 2**32:
-        counts = array("I", counts)
-    if _BIG_ENDIAN:
-        counts = array(counts.typecode, counts)
-        counts.byteswap()
-    return bytes((p50, p95, len(buckets), counts.itemsize)) + buckets + counts.tobytes()
-
-
-def _unpack(blob: bytes) -> tuple[bytearray, array[int]]:
-    n, width = blob[2], blob[3]
-    counts = array("I" if width == 4 else "Q")
-    counts.frombytes(blob[4 + n : 4 + n + width * n])
-    if _BIG_ENDIAN:
-        counts.byteswap()
-    return bytearray(blob[4 : 4 + n]), counts
-
-
-def encode(counts: Counts) -> bytes | None:
-    kept = sorted(b for b, n in counts.items() if n)
-    if not kept:
-        return None
-    return _pack(bytearray(kept), array("Q", [counts[b] for b in kept]))
-
-
-def add_into(counts: Counts, blob: bytes | None, sign: int = 1) -> None:
-    """Add (sign 1) or take away (sign -1) a stored histogram's counts."""
-    if not blob:
-        return
-    buckets, values = _unpack(blob)
-    get = counts.get
-    for bucket, count in zip(buckets, values, strict=True):
-        counts[bucket] = get(bucket, 0) + sign * count
-
-
-def add_to_list(counts: list[int], blob: bytes | None, sign: int = 1) -> None:
-    """`add_into` for counts kept as a list indexed by bucket (what a reader
-    merging many rows uses: a list index is cheaper than a dict's)."""
-    if not blob:
-        return
-    buckets, values = _unpack(blob)
-    if sign == 1:
-        for bucket, count in zip(buckets, values, strict=True):
-            counts[bucket] += count
-    else:
-        for bucket, count in zip(buckets, values, strict=True):
-            counts[bucket] -= count
-
-
 def list_quantile(counts: list[int], q: float) -> float | None:
     """`quantile` of counts kept as a list indexed by bucket."""
     cumulative = list(accumulate(counts))
@@ -140,34 +89,6 @@ def decode(blob: bytes | None) -> Counts:
     counts: Counts = {}
     add_into(counts, blob)
     return counts
-
-
-def add(old: bytes | None, new: bytes | None) -> bytes | None:
-    """Two stored histograms merged: the `hist_add` SQL function of the upsert,
-    so made for a long `old` and a short `new` (one batch's requests)."""
-    if not old:
-        return new
-    if not new:
-        return old
-    buckets, counts = _unpack(old)
-    if counts.typecode == "I" and new[3] == 8:
-        counts = array("Q", counts)
-    for bucket, count in zip(*_unpack(new), strict=True):
-        i = buckets.find(bucket)
-        try:
-            if i >= 0:
-                counts[i] += count
-            else:
-                i = bisect.bisect_left(buckets, bucket)
-                buckets.insert(i, bucket)
-                counts.insert(i, count)
-        except OverflowError:  # past 2^32: 8-byte counts from now on
-            counts = array("Q", counts)
-            if len(counts) == len(buckets):
-                counts[i] += count
-            else:
-                counts.insert(i, count)
-    return _pack(buckets, counts)
 
 
 def p50(blob: bytes | None) -> float | None:
