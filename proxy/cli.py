@@ -24,7 +24,6 @@ from proxy.auth.key_params import KeyParamError
 from proxy.config.load import ConfigError, load_config
 from proxy.config.model import GatewayConfig
 from proxy.usage import report as usage_report
-from proxy.usage.report_out import NO_USAGE, TABLE_HEADER, table_line, write_usage
 
 
 def _print_json(value: Any) -> None:
@@ -237,28 +236,22 @@ def cmd_usage(args: argparse.Namespace) -> int:
     if not usage_report.known_zone(args.tz):
         print(f"usage: --tz {args.tz!r} is not a known IANA timezone", file=sys.stderr)
         return 2
+    # imported here: the gateway's processes, which import this module, never print usage
+    from proxy.usage.report_out import write_rows, write_usage
+
+    out = sys.stdout.buffer
+    sys.stdout.flush()
     if args.central:
         if args.tz != "UTC":
             print("usage: the central ledger has UTC days and weeks only", file=sys.stderr)
             return 2
-        rows = _central_usage(config, args.key_id, args.by)
-        if args.json:
-            _print_json(rows)
-        else:
-            _print_usage_table(rows)
-        return 0
-    sys.stdout.flush()
-    with closing(storage.connect(config.db_path)) as conn:
-        write_usage(
-            sys.stdout.buffer, conn, str(config.db_path), args.key_id, args.by, args.tz, args.json
-        )
-    sys.stdout.buffer.flush()
+        write_rows(out, _central_usage(config, args.key_id, args.by), args.json)
+    else:
+        with closing(storage.connect(config.db_path)) as conn:
+            db = str(config.db_path)
+            write_usage(out, conn, db, args.key_id, args.by, args.tz, args.json)
+    out.flush()
     return 0
-
-
-def _print_usage_table(rows: list[dict[str, Any]]) -> None:
-    out = [TABLE_HEADER.decode(), *map(table_line, rows)] if rows else []
-    sys.stdout.write("".join(out or [TABLE_HEADER.decode(), NO_USAGE.decode()]))
 
 
 def cmd_sim(args: argparse.Namespace) -> int:

@@ -44,38 +44,58 @@ def write_usage(
     """The report of `key_id` (None: every key) by `by` in `tz`, to `out`."""
     with no_gc():
         plan = plan_report(conn, key_id, by, tz=tz)
-        if plan.periods is None:
+        reader = None if plan.periods is None else _open_reader(plan, db_path)
+        if reader is None:  # assembled periods, or a file only `conn` can read
             pieces = _dict_pieces(usage_chunks(conn, key_id, by, tz=tz), as_json)
         else:
-            pieces = _stored_pieces(plan, db_path, as_json)
+            pieces = _stored_pieces(plan, db_path, reader, as_json)
         if as_json:
             _write_json(out, pieces)
         else:
             _write_table(out, pieces)
 
 
-def _stored_pieces(plan: ReportPlan, db_path: str, as_json: bool) -> Iterator[bytes]:
-    from _fastpath.usage import PeriodReader, PurePeriodReader, ReportError
-
+def _reader_args(plan: ReportPlan, db_path: str) -> tuple[Any, ...]:
     names = {k.encode(): orjson.dumps(v) for k, v in plan.names.items()}
-    opened = (db_path, plan.sql, names, SHOWN_JSON, SHOWN_TEXT)
-    reader = fallback = None
+    return (db_path, plan.sql, names, SHOWN_JSON, SHOWN_TEXT)
+
+
+def _open_reader(plan: ReportPlan, db_path: str) -> Any:
+    """`_fastpath.usage`'s reader on its own read-only connection, or None
+    where it cannot open one."""
+    from _fastpath.usage import PeriodReader, ReportError
+
     try:
-        try:
-            reader = PeriodReader(*opened)
-        except ReportError:  # the compiled reader could not open the file
-            reader = PurePeriodReader(*opened)
+        return PeriodReader(*_reader_args(plan, db_path))
+    except (ReportError, sqlite3.Error):
+        return None
+
+
+def _stored_pieces(plan: ReportPlan, db_path: str, reader: Any, as_json: bool) -> Iterator[bytes]:
+    from _fastpath.usage import PurePeriodReader, ReportError
+
+    fallback = None
+    try:
         for start, label in plan.periods or ():
             args, tag = (plan.by, start, *plan.args), label.encode()
             try:
                 yield reader.json_rows(args, tag) if as_json else reader.table_rows(args, tag)
             except ReportError:  # a value the compiled reader will not print
-                fallback = fallback or PurePeriodReader(*opened)
+                fallback = fallback or PurePeriodReader(*_reader_args(plan, db_path))
                 yield fallback.json_rows(args, tag) if as_json else fallback.table_rows(args, tag)
     finally:
         for r in (reader, fallback):
             if r is not None:
                 r.close()
+
+
+def write_rows(out: BinaryIO, rows: list[dict[str, Any]], as_json: bool) -> None:
+    """Rows already in hand (the central ledger's), printed as `write_usage` prints."""
+    pieces = _dict_pieces([rows], as_json)
+    if as_json:
+        _write_json(out, pieces)
+    else:
+        _write_table(out, pieces)
 
 
 def _dict_pieces(chunks: Iterable[list[dict[str, Any]]], as_json: bool) -> Iterator[bytes]:
