@@ -19,6 +19,7 @@ import hmac
 import json
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from proxy import storage
@@ -230,8 +231,11 @@ async def usage(request: web.Request) -> web.Response:
         if filters["tz"] != "UTC":
             raise errors.invalid_param("tz", "The central ledger has UTC days and weeks only.")
         return json_response(await _central_usage(state, key_id, filters["by"]))
-    rows = await _in_db(state, lambda c: usage_report.query_usage(c, key_id, **filters))
-    return json_response(rows)
+    # encoded on the thread too: every key's year by week is ~370k rows (~0.2 s of orjson)
+    body = await _in_db(
+        state, lambda c: orjson.dumps(usage_report.query_usage(c, key_id, **filters))
+    )
+    return web.Response(body=body, content_type="application/json")
 
 
 async def _central_usage(state: GatewayState, key_id: str | None, by: str) -> list[dict[str, Any]]:
