@@ -17,29 +17,39 @@ from __future__ import annotations
 import asyncio
 import math
 from dataclasses import dataclass
-from typing import IO
-
-import mutagen
-from mutagen.flac import FLAC
-from mutagen.mp3 import MP3
-from mutagen.mp4 import MP4
-from mutagen.oggflac import OggFLAC
-from mutagen.oggopus import OggOpus
-from mutagen.oggvorbis import OggVorbis
-from mutagen.wave import WAVE
+from functools import cache
+from typing import IO, TYPE_CHECKING
 
 from proxy.http.errors import GatewayError
 from proxy.http.multipart import Upload
 
-FORMATS: dict[type[mutagen.FileType], str] = {
-    WAVE: "wav",
-    MP3: "mp3",
-    FLAC: "flac",
-    OggVorbis: "ogg",
-    OggOpus: "opus",
-    OggFLAC: "ogg",
-    MP4: "m4a",
-}
+if TYPE_CHECKING:
+    import mutagen
+
+
+@cache
+def formats() -> dict[type[mutagen.FileType], str]:
+    """The containers mutagen reads, and the format each one is. Imported at the
+    first upload: mutagen is ~2 MiB a worker holds whether or not it serves audio."""
+    from mutagen.flac import FLAC
+    from mutagen.mp3 import MP3
+    from mutagen.mp4 import MP4
+    from mutagen.oggflac import OggFLAC
+    from mutagen.oggopus import OggOpus
+    from mutagen.oggvorbis import OggVorbis
+    from mutagen.wave import WAVE
+
+    return {
+        WAVE: "wav",
+        MP3: "mp3",
+        FLAC: "flac",
+        OggVorbis: "ogg",
+        OggOpus: "opus",
+        OggFLAC: "ogg",
+        MP4: "m4a",
+    }
+
+
 EBML_MAGIC = b"\x1a\x45\xdf\xa3"  # Matroska / WebM
 MAX_SECONDS = 7 * 24 * 3600.0  # a length past this is a broken header, not audio
 SUPPORTED = "flac, m4a, mp3, mp4, mpeg, mpga, oga, ogg, wav, webm"
@@ -69,8 +79,11 @@ def probe(fileobj: IO[bytes]) -> AudioProbe | None:
         if b"webm" in head or b"matroska" in head:
             return AudioProbe("webm", None)
         return None
+    import mutagen
+
+    known = formats()
     try:
-        found = mutagen.File(fileobj, options=list(FORMATS))
+        found = mutagen.File(fileobj, options=list(known))
     except Exception:  # noqa: BLE001 - hostile bytes may break a parser any way they like
         return None
     info = getattr(found, "info", None)
@@ -79,7 +92,7 @@ def probe(fileobj: IO[bytes]) -> AudioProbe | None:
         return None
     if not math.isfinite(length) or not 0 <= length <= MAX_SECONDS:
         return None
-    return AudioProbe(FORMATS.get(type(found), "audio"), float(length))
+    return AudioProbe(known.get(type(found), "audio"), float(length))
 
 
 async def probe_upload(upload: Upload) -> AudioProbe:

@@ -14,13 +14,13 @@ from __future__ import annotations
 import asyncio
 import threading
 from pathlib import Path
-from typing import Any
-
-import tiktoken
-from tiktoken.load import load_tiktoken_bpe
+from typing import TYPE_CHECKING, Any
 
 from proxy.metering import token_service
 from proxy.metering.images import image_part_tokens
+
+if TYPE_CHECKING:
+    import tiktoken
 
 DATA_DIR = Path(__file__).with_name("tokenizer_data")
 
@@ -72,6 +72,10 @@ def get_encoding(name: str = "o200k_base") -> tiktoken.Encoding:
     with _lock:
         enc = _cache.get(name)
         if enc is None:
+            # imported here: a worker whose keys have no limits never counts (~1.3 MiB)
+            import tiktoken
+            from tiktoken.load import load_tiktoken_bpe
+
             ranks = load_tiktoken_bpe(str(DATA_DIR / f"{name}.tiktoken"), expected_hash=sha256)
             enc = tiktoken.Encoding(
                 name=name, pat_str=pattern, mergeable_ranks=ranks, special_tokens=specials
