@@ -25,10 +25,11 @@ if not os.environ.get("PROMETHEUS_NO_EXTENSIONS"):
                 ["_fastpath/_usage_c.pyx"],
                 libraries=["sqlite3"],
                 extra_compile_args=["-O3"],
-                optional=True,
             ),
         ],
         compiler_directives={"language_level": "3", "boundscheck": False, "wraparound": False},
     )
+    for ext in ext_modules:  # cythonize's copies drop `optional`
+        ext.optional = ext.name == "_fastpath._usage_c"
 
 setup(ext_modules=ext_modules)
