@@ -17,17 +17,6 @@ from typing import Any
 
 import orjson
 
-ROW_FIELDS = (
-    "requests",
-    "errors",
-    "input_tokens",
-    "output_tokens",
-    "cached_tokens",
-    "reasoning_tokens",
-    "audio_seconds",
-    "cost_usd",
-)
-
 
 class ReportError(RuntimeError):
     """The database could not be read, or held a value of an unexpected type."""
@@ -59,19 +48,28 @@ class PeriodReader:
         return self._conn.execute(self._sql, args).fetchall()
 
     def json_rows(self, args: tuple[Any, ...], label: bytes) -> bytes:
-        period = label.decode()
+        period, names, shown = label.decode(), self._names, self._json
         rows = [
             {
                 "key_id": kid,
-                "key_name": self._names.get(kid),
+                "key_name": names.get(kid),
                 "model": model,
                 "period": period,
-                **dict(zip(ROW_FIELDS, sums, strict=True)),
-                "latency_ms_p50": self._json[q[0]],
-                "latency_ms_p95": self._json[q[1]],
-                "ttft_ms_p50": self._json[q[2]],
+                "requests": requests,
+                "errors": errors,
+                "input_tokens": tin,
+                "output_tokens": tout,
+                "cached_tokens": cached,
+                "reasoning_tokens": reasoning,
+                "audio_seconds": audio,
+                "cost_usd": cost,
+                "latency_ms_p50": shown[q[0]],
+                "latency_ms_p95": shown[q[1]],
+                "ttft_ms_p50": shown[q[2]],
             }
-            for kid, model, *sums, q in self._rows(args)
+            for kid, model, requests, errors, tin, tout, cached, reasoning, audio, cost, q in (
+                self._conn.execute(self._sql, args)
+            )
         ]
         return orjson.dumps(rows, option=orjson.OPT_INDENT_2)[2:-2] if rows else b""
 
