@@ -537,8 +537,8 @@ def print_table(results: dict[str, dict[str, dict]], targets: list[str]) -> None
             ("p99 latency (a)", "nonstream64"),
             ("p99 latency (b)", "stream64"),
         ):
-            g99, r99 = (get(scenario, t, "latency_ms", "p99") for t in ("gateway", "relay"))
-            gmax, rmax = (get(scenario, t, "latency_ms", "max") for t in ("gateway", "relay"))
+            g99, r99 = (get(scenario, t, "latency_ms", "p99") for t in (gw_name, "relay"))
+            gmax, rmax = (get(scenario, t, "latency_ms", "max") for t in (gw_name, "relay"))
             print(
                 f"  {label} {ratio(g99, r99)}  (goal <= 1.0; p99 {fmt(g99)} vs {fmt(r99)} ms,"
                 f" max {fmt(gmax)} vs {fmt(rmax)} ms)"
