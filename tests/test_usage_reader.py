@@ -190,6 +190,8 @@ def test_the_command_prints_a_period_the_compiled_reader_refuses(db: Path, tmp_p
 def test_the_installed_command_uses_the_compiled_reader(db: Path, tmp_path: Path) -> None:
     """Run as a user runs it (not from the source tree, whose `_fastpath` has
     no compiled twin), `usage --by week` prints the report."""
+    if NO_EXT:
+        pytest.skip("PROMETHEUS_NO_EXTENSIONS is set: the command uses the pure reader")
     _compiled()
     config = tmp_path / "prometheus.toml"
     config.write_text(f'[storage]\npath = "{db}"\n')
