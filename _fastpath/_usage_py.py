@@ -12,6 +12,7 @@ brackets, and `table_rows` as lines of the `usage` table.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,29 +49,9 @@ class PeriodReader:
         return self._conn.execute(self._sql, args).fetchall()
 
     def json_rows(self, args: tuple[Any, ...], label: bytes) -> bytes:
-        period, names, shown = label.decode(), self._names, self._json
-        rows = [
-            {
-                "key_id": kid,
-                "key_name": names.get(kid),
-                "model": model,
-                "period": period,
-                "requests": requests,
-                "errors": errors,
-                "input_tokens": tin,
-                "output_tokens": tout,
-                "cached_tokens": cached,
-                "reasoning_tokens": reasoning,
-                "audio_seconds": audio,
-                "cost_usd": cost,
-                "latency_ms_p50": shown[q[0]],
-                "latency_ms_p95": shown[q[1]],
-                "ttft_ms_p50": shown[q[2]],
-            }
-            for kid, model, requests, errors, tin, tout, cached, reasoning, audio, cost, q in (
-                self._conn.execute(self._sql, args)
-            )
-        ]
+        rows = row_dicts(
+            self._conn.execute(self._sql, args), label.decode(), self._names, self._json
+        )
         return orjson.dumps(rows, option=orjson.OPT_INDENT_2)[2:-2] if rows else b""
 
     def table_rows(self, args: tuple[Any, ...], label: bytes) -> bytes:
@@ -85,3 +66,34 @@ class PeriodReader:
                 )
             ]
         ).encode()
+
+
+def row_dicts(
+    rows: Iterable[tuple[Any, ...]],
+    period: str,
+    names: Mapping[str, str | None],
+    shown: Sequence[float | None],
+) -> list[dict[str, Any]]:
+    """The report's rows of one period: `rows` of `ROW_COLUMNS`, each key's name
+    from `names`, each quantile bucket's value from `shown` (also what
+    `proxy.usage.report` returns, so that both print the same)."""
+    return [
+        {
+            "key_id": kid,
+            "key_name": names.get(kid),
+            "model": model,
+            "period": period,
+            "requests": requests,
+            "errors": errors,
+            "input_tokens": tin,
+            "output_tokens": tout,
+            "cached_tokens": cached,
+            "reasoning_tokens": reasoning,
+            "audio_seconds": audio,
+            "cost_usd": cost,
+            "latency_ms_p50": shown[q[0]],
+            "latency_ms_p95": shown[q[1]],
+            "ttft_ms_p50": shown[q[2]],
+        }
+        for kid, model, requests, errors, tin, tout, cached, reasoning, audio, cost, q in rows
+    ]

@@ -8,21 +8,15 @@ call it for every rollup row they touch.
 
 from typing import TYPE_CHECKING
 
-from . import NO_EXTENSIONS
+from . import pick_twin
 
 __all__ = ("IMPLEMENTATION", "add", "add_into", "add_to_list", "encode")
 
 IMPLEMENTATION: str
-if TYPE_CHECKING or NO_EXTENSIONS:
+if TYPE_CHECKING:
     from ._hist_py import add, add_into, add_to_list, encode
 
     IMPLEMENTATION = "py"
 else:
-    try:
-        from ._hist_c import add, add_into, add_to_list, encode
-
-        IMPLEMENTATION = "c"
-    except ImportError:  # not built: the pure twin
-        from ._hist_py import add, add_into, add_to_list, encode
-
-        IMPLEMENTATION = "py"
+    _twin, IMPLEMENTATION = pick_twin("_hist_c", "_hist_py")
+    add, add_into, add_to_list, encode = _twin.add, _twin.add_into, _twin.add_to_list, _twin.encode

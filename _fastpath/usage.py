@@ -9,23 +9,17 @@ gateway's workers never load it.
 
 from typing import TYPE_CHECKING
 
-from . import NO_EXTENSIONS
-
-__all__ = ("IMPLEMENTATION", "PeriodReader", "PurePeriodReader", "ReportError")
-
+from . import pick_twin
 from ._usage_py import PeriodReader as PurePeriodReader
+from ._usage_py import row_dicts
+
+__all__ = ("IMPLEMENTATION", "PeriodReader", "PurePeriodReader", "ReportError", "row_dicts")
 
 IMPLEMENTATION: str
-if TYPE_CHECKING or NO_EXTENSIONS:
+if TYPE_CHECKING:
     from ._usage_py import PeriodReader, ReportError
 
     IMPLEMENTATION = "py"
 else:
-    try:
-        from ._usage_c import PeriodReader, ReportError
-
-        IMPLEMENTATION = "c"
-    except ImportError:  # not built (no SQLite headers at build time): the pure twin
-        from ._usage_py import PeriodReader, ReportError
-
-        IMPLEMENTATION = "py"
+    _twin, IMPLEMENTATION = pick_twin("_usage_c", "_usage_py")
+    PeriodReader, ReportError = _twin.PeriodReader, _twin.ReportError

@@ -31,6 +31,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from _fastpath._usage_py import row_dicts  # not _fastpath.usage: workers never print
 from proxy.usage import hist
 from proxy.usage.rollup_query import (
     anchor,
@@ -138,30 +139,9 @@ def plan_report(
 def _stored_chunks(conn: sqlite3.Connection, plan: ReportPlan) -> Iterator[list[dict[str, Any]]]:
     """One stored row per report row, read a period at a time (so no row
     carries its start: one column fewer of the ~370k a year of weeks has)."""
-    names = plan.names
     for start, period in plan.periods or ():
-        yield [
-            {
-                "key_id": kid,
-                "key_name": names.get(kid),
-                "model": model,
-                "period": period,
-                "requests": requests,
-                "errors": errors,
-                "input_tokens": tin,
-                "output_tokens": tout,
-                "cached_tokens": cached,
-                "reasoning_tokens": reasoning,
-                "audio_seconds": audio,
-                "cost_usd": cost,
-                "latency_ms_p50": _SHOWN_OR_NONE[q[0]],
-                "latency_ms_p95": _SHOWN_OR_NONE[q[1]],
-                "ttft_ms_p50": _SHOWN_OR_NONE[q[2]],
-            }
-            for kid, model, requests, errors, tin, tout, cached, reasoning, audio, cost, q in (
-                conn.execute(plan.sql, [plan.by, start, *plan.args])
-            )
-        ]
+        rows = conn.execute(plan.sql, [plan.by, start, *plan.args])
+        yield row_dicts(rows, period, plan.names, _SHOWN_OR_NONE)
 
 
 @contextmanager
