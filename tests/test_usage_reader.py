@@ -33,8 +33,8 @@ from _fastpath import _usage_py
 from proxy import storage
 from proxy.usage import hist
 from proxy.usage.report import plan_report, query_usage
-from proxy.usage.report_out import SHOWN_JSON, SHOWN_TEXT, table_line, write_usage
-from proxy.usage.rollups import ALL_KEYS, DAY, MONDAY0, WEEK
+from proxy.usage.report_out import SHOWN_JSON, SHOWN_TEXT, TABLE_HEADER, table_line, write_usage
+from proxy.usage.rollups import ALL_KEYS, DAY, HOUR, MONDAY0, WEEK
 
 NO_EXT = bool(os.environ.get("PROMETHEUS_NO_EXTENSIONS"))
 WEEK0 = MONDAY0 + 2900 * WEEK  # a Monday in 2025
@@ -94,7 +94,11 @@ def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 (kid, name, "hash-" + kid),
             )
         rows, i = [], 0
-        for grain, start0, span in (("week", WEEK0, WEEK), ("day", WEEK0, DAY)):
+        for grain, start0, span in (
+            ("week", WEEK0, WEEK),
+            ("day", WEEK0, DAY),
+            ("hour", WEEK0, HOUR),
+        ):
             for period in range(4):
                 for kid in keys:
                     for model in models:
@@ -133,7 +137,7 @@ def _readers(db: Path, by: str) -> tuple[Any, Any, Any]:
     return plan, _compiled().PeriodReader(*args), _usage_py.PeriodReader(*args)
 
 
-@pytest.mark.parametrize("by", ["week", "day"])
+@pytest.mark.parametrize("by", ["week", "day", "hour"])
 def test_the_compiled_reader_prints_what_the_pure_twin_and_the_report_print(
     db: Path, by: str
 ) -> None:
@@ -187,9 +191,15 @@ def test_the_command_prints_a_period_the_compiled_reader_refuses(db: Path, tmp_p
     conn.close()
 
 
-def test_the_installed_command_uses_the_compiled_reader(db: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("by", "key_id"), [("week", None), ("day", "key_quote"), ("hour", "kéy_ünï"), ("day", "nobody")]
+)
+def test_the_installed_command_uses_the_compiled_reader(
+    db: Path, tmp_path: Path, by: str, key_id: str | None
+) -> None:
     """Run as a user runs it (not from the source tree, whose `_fastpath` has
-    no compiled twin), `usage --by week` prints the report."""
+    no compiled twin), `usage` prints the report, for every key or one, by
+    week, day or hour, as JSON and as the table."""
     if NO_EXT:
         pytest.skip("PROMETHEUS_NO_EXTENSIONS is set: the command uses the pure reader")
     _compiled()
@@ -200,17 +210,26 @@ def test_the_installed_command_uses_the_compiled_reader(db: Path, tmp_path: Path
         [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True
     )
     assert which.stdout.strip() == "c"
-    done = subprocess.run(
-        [sys.executable, "-m", "proxy", "usage", "--by", "week", "--json", "--config", str(config)],
-        cwd=tmp_path,
-        capture_output=True,
-        timeout=60,
-        check=True,
-    )
     conn = storage.connect(db)
-    rows = query_usage(conn, None, "week")
+    rows = query_usage(conn, key_id, by)
     conn.close()
-    assert done.stdout == orjson.dumps(rows, option=orjson.OPT_INDENT_2) + b"\n"
+    assert (len(rows) > 0) == (key_id != "nobody")
+    for as_json in (True, False):
+        done = subprocess.run(
+            [sys.executable, "-m", "proxy", "usage", "--by", by, "--config", str(config)]
+            + (["--key-id", key_id] if key_id else [])
+            + (["--json"] if as_json else []),
+            cwd=tmp_path,
+            capture_output=True,
+            timeout=60,
+            check=True,
+        )
+        if as_json:
+            assert done.stdout == orjson.dumps(rows, option=orjson.OPT_INDENT_2) + b"\n"
+        elif rows:
+            assert done.stdout.decode() == TABLE_HEADER.decode() + "".join(map(table_line, rows))
+        else:
+            assert done.stdout == TABLE_HEADER + b"(no usage yet)\n"
 
 
 class _Sink:
