@@ -256,19 +256,38 @@ def test_a_daily_budgets_spend_in_redis_expires_after_its_day(
         gw.stop()
 
 
-@pytest.fixture()
-def own_redis(tmp_path: Path) -> Any:
-    """A redis-server of this test's own, on a free port (stopped by its PID)."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        _unavailable("redis-server is not installed")
-    port = free_port()
-    proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        cwd=tmp_path,
+def _redis_server(port: int, cwd: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+        + ["--appendonly", "no"],
+        cwd=cwd,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+
+
+def _gateway_on_own_redis(
+    tmp_path: Path, upstream: Upstream, port: int, prefix: str
+) -> GatewayProcess:
+    url = f"redis://127.0.0.1:{port}/0"
+    config = with_cluster(gateway_config(upstream.base_url), url, prefix)
+    return GatewayProcess(tmp_path / "gw", config).start()
+
+
+def _key_with_rpm(gw: GatewayProcess, name: str, rpm: int) -> Any:
+    made = gw.cli(
+        "keys", "create", "--name", name, "--rpm", str(rpm), "--budget-usd", "1", "--json"
+    )
+    return json.loads(made.stdout)
+
+
+@pytest.fixture()
+def own_redis(tmp_path: Path) -> Any:
+    """A redis-server of this test's own, on a free port (stopped by its PID)."""
+    if shutil.which("redis-server") is None:
+        _unavailable("redis-server is not installed")
+    port = free_port()
+    proc = _redis_server(port, tmp_path)
     try:
         wait_for(lambda: _redis_ping(port), message="the test's own redis-server")
         yield proc, port
@@ -282,16 +301,9 @@ def test_redis_stopped_mid_run_falls_back_to_machine_limits(
     own_redis: Any, upstream: Upstream, tmp_path: Path
 ) -> None:
     proc, port = own_redis
-    url = f"redis://127.0.0.1:{port}/0"
-    gw = GatewayProcess(
-        tmp_path / "gw", with_cluster(gateway_config(upstream.base_url), url, "fallback:")
-    ).start()
+    gw = _gateway_on_own_redis(tmp_path, upstream, port, "fallback:")
     try:
-        key = json.loads(
-            gw.cli(
-                "keys", "create", "--name", "fb", "--rpm", "8", "--budget-usd", "1", "--json"
-            ).stdout
-        )  # fmt: skip
+        key = _key_with_rpm(gw, "fb", 8)
         assert status_of(gw, key["key"])[0] == 200
         assert health(gw)["mode"] == "redis"
         proc.terminate()
@@ -303,12 +315,7 @@ def test_redis_stopped_mid_run_falls_back_to_machine_limits(
         assert health(gw)["mode"] == "local_fallback"
         assert any(ln.get("event") == "redis_unreachable" for ln in gw.log_lines())
         # Redis back (empty): the gateway uses it again
-        back = subprocess.Popen(
-            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""],
-            cwd=tmp_path,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        back = _redis_server(port, tmp_path)
         try:
             wait_for(lambda: health(gw)["mode"] == "redis", message="Redis used again")
             assert any(ln.get("event") == "redis_restored" for ln in gw.log_lines())
@@ -327,16 +334,9 @@ def test_a_redis_that_lost_its_scripts_is_given_them_again(
     import redis
 
     _, port = own_redis
-    url = f"redis://127.0.0.1:{port}/0"
-    gw = GatewayProcess(
-        tmp_path / "gw", with_cluster(gateway_config(upstream.base_url), url, "scripts:")
-    ).start()
+    gw = _gateway_on_own_redis(tmp_path, upstream, port, "scripts:")
     try:
-        made = json.loads(
-            gw.cli(
-                "keys", "create", "--name", "s", "--rpm", "5", "--budget-usd", "1", "--json"
-            ).stdout
-        )  # fmt: skip
+        made = _key_with_rpm(gw, "s", 5)
         assert status_of(gw, made["key"])[0] == 200
         redis.Redis(host=REDIS_HOST, port=port).script_flush()
         for remaining in ("3", "2"):

@@ -43,6 +43,7 @@ from structlog.typing import FilteringBoundLogger
 
 from proxy.auth import refusals
 from proxy.auth.estimate import Estimate
+from proxy.auth.key_params import PERIODS
 from proxy.auth.keys import KeyInfo
 from proxy.auth.limits import LocalLimits, TableFull
 from proxy.auth.periods import period_end
@@ -57,7 +58,6 @@ HEADERS = "ratelimit_headers"  # request key: its x-ratelimit-* headers
 EstimateFn = Callable[[], Awaitable[Estimate] | Estimate]
 SPEND_FLUSH_S = 0.2  # how often a worker adds the spend of keys without a budget
 _NO_ESTIMATE = Estimate()
-_PERIODS = ("total", "monthly", "daily")
 
 
 class Reservation:
@@ -178,7 +178,9 @@ class Limits:
         if not win.admitted:
             reservation.done = True
             if key.rpm is not None or key.tpm is not None:
-                self.local.settle(key.id, reservation.second, reservation.tokens, 0, 0.0, None, -1)
+                self.local.settle(
+                    key.id, reservation.second, reservation.tokens, 0, 0.0, None, requests=-1
+                )
             self._drop_in_flight(key.id, reservation.cost)
             del request[RESERVATION]
             if win.refused_by == "budget":
@@ -210,7 +212,7 @@ class Limits:
         if has_tpm and reservation.remote_second is not None:
             remote.settle(key.id, reservation.remote_second, used - reservation.tokens)
         if key.budget_usd is not None:
-            deltas = dict.fromkeys((remote.spend_key(key.id, p, now) for p in _PERIODS), cost)
+            deltas = dict.fromkeys((remote.spend_key(key.id, p, now) for p in PERIODS), cost)
             if reservation.remote_spend is not None:
                 held = reservation.remote_spend
                 deltas[held] = deltas.get(held, 0.0) - reservation.cost

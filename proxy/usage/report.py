@@ -84,11 +84,16 @@ def usage_chunks(
     """`query_usage`'s rows in order, a period at a time (in UTC; elsewhere all
     at once): what `usage --json` writes out as it reads, so that a year of
     every key is never all in memory. ValueError (at once) for a bad `by`."""
-    plan = plan_report(conn, key_id, by, alias=alias, since=since, until=until, tz=tz)
+    return plan_chunks(
+        conn, plan_report(conn, key_id, by, alias=alias, since=since, until=until, tz=tz)
+    )
+
+
+def plan_chunks(conn: sqlite3.Connection, plan: ReportPlan) -> Iterator[list[dict[str, Any]]]:
+    """`usage_chunks` of a plan already made."""
     if plan.periods is not None:
         return _stored_chunks(conn, plan)
-    zone = ZoneInfo(tz)
-    return iter([_assembled_rows(conn, by, plan.lo, plan.hi, plan.key, alias, plan.names, zone)])
+    return iter([_assembled_rows(conn, plan)])
 
 
 @dataclass
@@ -100,6 +105,8 @@ class ReportPlan:
 
     by: str
     key: str | None
+    alias: str | None
+    tz: str
     lo: int
     hi: int
     names: dict[str, str]
@@ -126,7 +133,7 @@ def plan_report(
     hi = _FAR if until is None else ceil_hour(until)
     names = dict(conn.execute("SELECT id, name FROM api_keys").fetchall())
     sql, args = period_query(by, key, alias)
-    plan = ReportPlan(by, key, lo, hi, names, sql, args, None)
+    plan = ReportPlan(by, key, alias, tz, lo, hi, names, sql, args, None)
     edges = [t for t, given in ((lo, since), (hi, until)) if given is not None]
     if key == ALL_KEYS:
         plan.periods = []  # not a key: the every-key rows are the dashboard's
@@ -177,16 +184,9 @@ def _local_periods(lo: int, hi: int, by: str, zone: ZoneInfo) -> tuple[list[int]
     return bounds, labels
 
 
-def _assembled_rows(
-    conn: sqlite3.Connection,
-    by: str,
-    lo: int,
-    hi: int,
-    key: str | None,
-    alias: str | None,
-    names: dict[str, str],
-    zone: ZoneInfo,
-) -> list[dict[str, Any]]:
+def _assembled_rows(conn: sqlite3.Connection, plan: ReportPlan) -> list[dict[str, Any]]:
+    by, lo, hi, key, alias, names = plan.by, plan.lo, plan.hi, plan.key, plan.alias, plan.names
+    zone = ZoneInfo(plan.tz)
     where, args = (" AND key_id = ?", [key]) if key else (f" AND key_id != '{ALL_KEYS}'", [])
     first, last = conn.execute(
         f"SELECT min(start), max(start) FROM usage_rollup WHERE grain = 'hour'{where}"

@@ -19,7 +19,7 @@ from typing import Any, BinaryIO
 import orjson
 
 from proxy.usage import hist
-from proxy.usage.report import ReportPlan, no_gc, plan_report, usage_chunks
+from proxy.usage.report import ReportPlan, no_gc, plan_chunks, plan_report
 
 TABLE_HEADER = (
     f"{'period':<11} {'key_id':<21} {'model':<18} {'reqs':>6} {'errs':>5} "
@@ -46,7 +46,7 @@ def write_usage(
         plan = plan_report(conn, key_id, by, tz=tz)
         reader = None if plan.periods is None else _open_reader(plan, db_path)
         if reader is None:  # assembled periods, or a file only `conn` can read
-            pieces = _dict_pieces(usage_chunks(conn, key_id, by, tz=tz), as_json)
+            pieces = _dict_pieces(plan_chunks(conn, plan), as_json)
         else:
             pieces = _stored_pieces(plan, db_path, reader, as_json)
         if as_json:

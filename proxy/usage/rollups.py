@@ -90,13 +90,15 @@ _STORED = ("grain", "start", "key_id", "model", *SUM_COLUMNS, *HIST_COLUMNS)
 # the keys table's spend) in the report's order; the index serves one key (or
 # `ALL_KEYS`) over time. The index never changes on an upsert that adds to a row.
 
+# the SQL function the upsert merges histograms with: (name, arguments, function)
+HIST_ADD = ("hist_add", 2, hist.add)
 UPSERT_SQL = (
     f"INSERT INTO usage_rollup (grain, start, key_id, model, {', '.join(SUM_COLUMNS)},"
     f" {', '.join(HIST_COLUMNS)}) VALUES ({', '.join('?' * (4 + len(SUM_COLUMNS) + 2))})"
     " ON CONFLICT DO UPDATE SET "
     + ", ".join(f"{c} = {c} + excluded.{c}" for c in SUM_COLUMNS)
     + ", "
-    + ", ".join(f"{c} = hist_add({c}, excluded.{c})" for c in HIST_COLUMNS)
+    + ", ".join(f"{c} = {HIST_ADD[0]}({c}, excluded.{c})" for c in HIST_COLUMNS)
 )
 
 _COL = {c: i for i, c in enumerate(COLUMNS)}
@@ -126,7 +128,7 @@ def grain_start(grain: str, ts: int) -> int:
 
 def register(conn: sqlite3.Connection) -> None:
     """Give a connection the `hist_add` function the upsert needs."""
-    conn.create_function("hist_add", 2, hist.add, deterministic=True)
+    conn.create_function(*HIST_ADD, deterministic=True)
 
 
 Group = list[Any]  # the 8 sums, then the latency and TTFT counts

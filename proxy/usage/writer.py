@@ -28,7 +28,7 @@ import aiosqlite
 
 from proxy.background import stop_task
 from proxy.observability.logs import get_logger
-from proxy.usage import hist, rollups
+from proxy.usage import rollups
 from proxy.usage.journal import UsageJournal
 from proxy.usage.rejected import set_aside
 from proxy.usage.replay import SWEEP_INTERVAL_S, sweep
@@ -99,7 +99,7 @@ class UsageWriter:
 
     async def _register(self) -> None:
         if not self._registered:
-            await self._db.create_function("hist_add", 2, hist.add, deterministic=True)
+            await self._db.create_function(*rollups.HIST_ADD, deterministic=True)
             self._registered = True
 
     async def _roll_up(self, added: list[Row]) -> None:
@@ -122,7 +122,7 @@ class UsageWriter:
                 except Exception as exc:
                     if is_transient(exc):
                         raise
-                    refused.append((row, row_problem(row) or f"{type(exc).__name__}: {exc}"))
+                    refused.append((row, f"{type(exc).__name__}: {exc}"))
                     continue
                 if cursor.rowcount == 1:
                     added.append(row)
