@@ -72,6 +72,7 @@ def callgrind(out: Path) -> list[str]:
         f"--callgrind-out-file={out}.%p",
         "--dump-instr=no",
         "--compress-strings=no",
+        "--separate-threads=yes",
     ]
 
 
@@ -81,13 +82,24 @@ def control(pid: int, verb: str) -> None:
     )
 
 
-def summary(pid: int, dumps: Path) -> int:
-    """The instruction count of the newest dump of `pid`."""
-    files = sorted(dumps.glob(f"cg.*.{pid}.*"), key=lambda p: int(p.name.rsplit(".", 1)[1]))
-    for line in files[-1].read_text().splitlines():
+def _summary_line(path: Path) -> int:
+    for line in path.read_text().splitlines():
         if line.startswith("summary:"):
             return int(line.split()[1])
-    raise RuntimeError(f"no summary line in {files[-1]}")
+    raise RuntimeError(f"no summary line in {path}")
+
+
+def summary(pid: int, dumps: Path) -> tuple[int, int]:
+    """The newest dump of `pid`: the instructions of its main thread (the event
+    loop's) and of all its other threads (SQLite, thread pool, ...)."""
+    parts: dict[int, list[Path]] = {}
+    for path in dumps.glob(f"cg.*.{pid}.*"):  # <out>.<pid>.<dump>-<thread>
+        dump, _, _thread = path.name.rsplit(".", 1)[1].partition("-")
+        parts.setdefault(int(dump), []).append(path)
+    newest = parts[max(parts)]
+    main_thread = [p for p in newest if p.name.endswith("-01")]
+    others = [p for p in newest if not p.name.endswith("-01")]
+    return sum(map(_summary_line, main_thread)), sum(map(_summary_line, others))
 
 
 def counted(pid: int, dumps: Path, run: Callable[[], object]) -> tuple[int, float, object]:
@@ -115,25 +127,30 @@ def measure(
         )
 
     load(a.warmup, False)
-    load(max(a.warmup // 4, 10), True)
-    idle, idle_s, _ = counted(pid, dumps, lambda: time.sleep(a.idle_s))
-    rate = idle / idle_s
-    out: dict = {"idle_instructions_per_s": round(rate)}
-    for scenario, count, stream in (("non-stream", a.requests, False), ("stream", a.streams, True)):
-        total, elapsed, res = counted(pid, dumps, lambda c=count, s=stream: load(c, s))
+    if a.streams:
+        load(max(a.warmup // 4, 10), True)
+    (idle_loop, idle_threads), idle_s, _ = counted(pid, dumps, lambda: time.sleep(a.idle_s))
+    out: dict = {
+        "idle_per_s": {"loop": round(idle_loop / idle_s), "threads": round(idle_threads / idle_s)}
+    }
+    scenarios = [("non-stream", a.requests, False), ("stream", a.streams, True)]
+    for scenario, count, stream in [s for s in scenarios if s[1] > 0]:
+        (loop, threads), elapsed, res = counted(pid, dumps, lambda c=count, s=stream: load(c, s))
         ok = res["requests_ok"]  # type: ignore[index]
         if ok != count:
             raise RuntimeError(f"{name} {scenario}: {ok} of {count} ok: {res}")
         out[scenario] = {
             "requests": ok,
             "elapsed_s": round(elapsed, 2),
-            "raw_per_request": round(total / ok),
-            "per_request": round((total - rate * elapsed) / ok),
+            "loop_per_request": round(loop / ok),
+            "threads_per_request": round(threads / ok),
+            "per_request": round((loop + threads) / ok),
         }
         print(
             f"{name:8} {scenario:10} {ok:5} in {elapsed:6.1f} s: "
-            f"{total / ok / 1e3:8.1f} k instructions a request raw, "
-            f"{out[scenario]['per_request'] / 1e3:8.1f} k less idle ({rate / 1e6:.1f} M/s)",
+            f"{(loop + threads) / ok / 1e3:8.1f} k instructions a request: "
+            f"loop thread {loop / ok / 1e3:8.1f} k, other threads {threads / ok / 1e3:6.1f} k"
+            f"  (idle: {idle_loop / idle_s / 1e6:.2f} + {idle_threads / idle_s / 1e6:.2f} M/s)",
             flush=True,
         )
     return out
@@ -157,7 +174,7 @@ def main() -> int:
         epilog=__doc__,
     )
     p.add_argument("--requests", type=int, default=1000, help="non-stream requests per target")
-    p.add_argument("--streams", type=int, default=300, help="60-chunk streams per target")
+    p.add_argument("--streams", type=int, default=300, help="60-chunk streams per target (0: none)")
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--warmup", type=int, default=200, help="unmeasured requests first")
     p.add_argument("--idle-s", type=float, default=5.0, help="seconds of idle counting")
@@ -216,14 +233,19 @@ def main() -> int:
         else:
             shutil.rmtree(tmp, ignore_errors=True)
     if "relay" in results and "gateway" in results:
-        print("\ngateway / relay, instructions per request (less idle):")
+        print("\ngateway / relay, instructions per request:")
         for scenario in ("non-stream", "stream"):
+            if scenario not in results["gateway"] or scenario not in results["relay"]:
+                continue
             g, r = results["gateway"][scenario], results["relay"][scenario]
-            results[f"ratio_{scenario}"] = round(g["per_request"] / r["per_request"], 3)
+            for part in ("loop_per_request", "per_request"):
+                results[f"ratio_{scenario}_{part}"] = round(g[part] / r[part], 3)
             print(
-                f"  {scenario:10} {g['per_request'] / 1e3:8.1f} k / {r['per_request'] / 1e3:8.1f} k"
-                f" = {results[f'ratio_{scenario}']:.3f}"
-                f"   (raw {g['raw_per_request'] / r['raw_per_request']:.3f})"
+                f"  {scenario:10} loop thread {g['loop_per_request'] / 1e3:7.1f} k"
+                f" / {r['loop_per_request'] / 1e3:7.1f} k"
+                f" = {results[f'ratio_{scenario}_loop_per_request']:.3f};"
+                f"  all threads {g['per_request'] / 1e3:7.1f} k / {r['per_request'] / 1e3:7.1f} k"
+                f" = {results[f'ratio_{scenario}_per_request']:.3f}"
             )
     if a.json_out:
         Path(a.json_out).write_text(json.dumps(results, indent=2))

@@ -270,7 +270,7 @@ async def admit(request: web.Request, route: AliasRoute, estimate: EstimateFn | 
     leave its `Reservation` on the request for the meter to settle. `estimate`
     is called only for a key with a `tpm` or a budget."""
     key: KeyInfo = request["key"]
-    if key.rpm is None and key.tpm is None and key.budget_usd is None:
+    if _unlimited(key):
         return
     limits = request.app[LIMITS]
     est = _NO_ESTIMATE
@@ -282,18 +282,28 @@ async def admit(request: web.Request, route: AliasRoute, estimate: EstimateFn | 
         await limits.check_remote(request, reservation)
 
 
+def _unlimited(key: KeyInfo) -> bool:
+    """No limit and no budget: `admit` leaves no reservation (and the request dict
+    is not asked for one: a missing entry costs an exception in aiohttp's mapping)."""
+    return key.rpm is None and key.tpm is None and key.budget_usd is None
+
+
 def settle(request: web.Request, tokens: int, cost: float) -> None:
     """The request's record is written: settle its reservation with what the
     record bills, or count the spend of a key that had none."""
-    reservation: Reservation | None = request.get(RESERVATION)
+    key: KeyInfo = request["key"]
+    reservation: Reservation | None = None if _unlimited(key) else request.get(RESERVATION)
     if reservation is not None:
         reservation.settle(tokens, cost)
     elif cost:
-        request.app[LIMITS].spend_later(request["key"].id, cost)
+        request.app[LIMITS].spend_later(key.id, cost)
 
 
 def release(request: web.Request) -> None:
     """Give back a reservation no record settled (called as the request ends)."""
+    key: KeyInfo | None = request.get("key")
+    if key is None or _unlimited(key):
+        return
     reservation: Reservation | None = request.get(RESERVATION)
     if reservation is not None and not reservation.done:
         reservation.release()

@@ -75,7 +75,8 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
             limit = state.config.max_body_bytes
             if request.path == TRANSCRIPTIONS_PATH:  # a multipart upload has its own bound
                 limit = MAX_FORM_BYTES
-            if request.content_length is not None and request.content_length > limit:
+            length = request.content_length  # a property that parses the header
+            if length is not None and length > limit:
                 raise errors.body_too_large(limit)
             await authenticate(request, state.keys)
         response = await handler(request)
@@ -123,7 +124,8 @@ def log_request(state: GatewayState, request: web.Request, status: int) -> None:
                 "ttft_ms": usage["ttft_ms"],
                 "usage_source": usage["usage_source"],
                 "error": usage["error"],
-                "detail": request.get("error_detail"),
+                # only an error has a detail (asking for a missing one raises inside aiohttp)
+                "detail": request.get("error_detail") if usage["status"] >= 400 else None,
             }
         )
         return

@@ -10,6 +10,7 @@ database's (busy, locked, disk full: everything is retried later).
 from __future__ import annotations
 
 import sqlite3
+from operator import itemgetter
 from typing import Any
 
 COLUMNS = (
@@ -66,14 +67,22 @@ def insert_sql(rows: int) -> str:
 
 
 _DEFAULT_AT = tuple((i, DEFAULTS[c]) for i, c in enumerate(COLUMNS) if c in DEFAULTS)
+_ALL_COLUMNS = itemgetter(*COLUMNS)
+_CACHED_AT, _REASONING_AT = (i for i, _ in _DEFAULT_AT)  # the columns DEFAULTS fills
 
 
 def row_of(record: dict[str, Any]) -> tuple[Any, ...]:
-    row = [record.get(c) for c in COLUMNS]
+    try:  # a record the meter wrote has every column: one C call picks them
+        row = _ALL_COLUMNS(record)
+        if row[_CACHED_AT] is not None and row[_REASONING_AT] is not None:
+            return row  # type: ignore[no-any-return]
+    except KeyError:  # a journal line older than a column
+        pass
+    values = [record.get(c) for c in COLUMNS]
     for i, default in _DEFAULT_AT:
-        if row[i] is None:
-            row[i] = default
-    return tuple(row)
+        if values[i] is None:
+            values[i] = default
+    return tuple(values)
 
 
 def record_of(row: tuple[Any, ...]) -> dict[str, Any]:
