@@ -35,14 +35,16 @@ def _database(args: argparse.Namespace) -> closing[sqlite3.Connection]:
     return closing(storage.connect(_config(args).db_path))
 
 
-def _config(args: argparse.Namespace) -> GatewayConfig:
-    return load_config(args.config)
+def _config(args: argparse.Namespace, long_running: bool = False) -> GatewayConfig:
+    """The config; a process that then runs for long (`serve`, `ship`) has the file
+    checked by a child process, so that it never holds jsonschema."""
+    return load_config(args.config, check_apart=long_running)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from proxy.server.lifecycle import serve
 
-    config = _config(args)
+    config = _config(args, long_running=True)
     overrides: dict[str, Any] = {}
     if args.host:
         overrides["host"] = args.host
@@ -61,7 +63,7 @@ def cmd_ship(args: argparse.Namespace) -> int:
     from proxy.usage.ship import NoSinkError, ship
 
     try:
-        return ship(_config(args), once=args.once)
+        return ship(_config(args, long_running=not args.once), once=args.once)
     except NoSinkError as exc:
         print(f"prometheus-gateway: {exc}", file=sys.stderr)
         return 2

@@ -4,7 +4,8 @@ the catalogue.
 `load_config` reads the TOML file named by `--config`, `PROMETHEUS_CONFIG` or
 `./prometheus.toml` (in that order), checks it against the config schema
 (`proxy.config.validate`: a wrong type, an unknown field or value is refused
-naming the field, before anything is read), lays it over the built-in defaults from
+naming the field, before anything is read; with `check_apart`, as `serve` and
+`ship` ask, in a child process), lays it over the built-in defaults from
 `proxy.config.catalogue`, and switches the defaults to real upstreams when provider
 credentials are in the environment. The CLI, the server and the tests build a
 `GatewayConfig` this way; nothing on the request path reads files or env.
@@ -20,7 +21,7 @@ from typing import Any
 
 from proxy.config import catalogue
 from proxy.config.model import AliasRoute, Deployment, GatewayConfig, Price, ShipConfig
-from proxy.config.validate import config_errors
+from proxy.config.validate import config_errors, config_errors_apart
 
 
 class ConfigError(ValueError):
@@ -162,17 +163,19 @@ def find_config_file(explicit: str | None, env: dict[str, str]) -> Path | None:
     return local if local.exists() else None
 
 
-def _read_file(cfg_path: Path) -> dict[str, Any]:
-    """The file's TOML table, checked against the config schema."""
+def _read_file(cfg_path: Path, check_apart: bool) -> dict[str, Any]:
+    """The file's TOML table, checked against the config schema (by a child process
+    with `check_apart`)."""
     try:
-        raw = tomllib.loads(cfg_path.read_text())
+        text = cfg_path.read_text()
+        raw = tomllib.loads(text)
     except FileNotFoundError as exc:
         raise ConfigError(f"config file {cfg_path} not found") from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"config file {cfg_path}: cannot be read: {exc}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {cfg_path}: {exc}") from exc
-    errors = config_errors(raw)
+    errors = config_errors_apart(text) if check_apart else config_errors(raw)
     if len(errors) == 1:
         raise ConfigError(f"config file {cfg_path}: {errors[0]}")
     if errors:
@@ -180,13 +183,15 @@ def _read_file(cfg_path: Path) -> dict[str, Any]:
     return raw
 
 
-def load_config(path: str | None = None, env: dict[str, str] | None = None) -> GatewayConfig:
+def load_config(
+    path: str | None = None, env: dict[str, str] | None = None, check_apart: bool = False
+) -> GatewayConfig:
     env = dict(os.environ) if env is None else env
     routes, upstream_source = _default_routes(env)
     cfg_path = find_config_file(path, env)
     raw: dict[str, Any] = {}
     if cfg_path is not None:
-        raw = _read_file(cfg_path)
+        raw = _read_file(cfg_path, check_apart)
     server = raw.get("server", {})
     cluster = raw.get("cluster", {})
     storage = raw.get("storage", {})
