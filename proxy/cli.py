@@ -23,7 +23,6 @@ from proxy.auth import key_params, keys
 from proxy.auth.key_params import KeyParamError
 from proxy.config.load import ConfigError, load_config
 from proxy.config.model import GatewayConfig
-from proxy.usage import report as usage_report
 
 
 def _print_json(value: Any) -> None:
@@ -234,8 +233,11 @@ def _central_usage(config: GatewayConfig, key_id: str | None, by: str) -> list[d
 
 
 def cmd_usage(args: argparse.Namespace) -> int:
+    # imported here: the gateway's processes, which import this module, never report
+    from proxy.usage.report import known_zone
+
     config = _config(args)
-    if not usage_report.known_zone(args.tz):
+    if not known_zone(args.tz):
         print(f"usage: --tz {args.tz!r} is not a known IANA timezone", file=sys.stderr)
         return 2
     # imported here: the gateway's processes, which import this module, never print usage

@@ -9,21 +9,26 @@ providers, and leaves all of it in one `GatewayState` that the middleware and
 the handlers read (the limits under `proxy.auth.admission.LIMITS`). A limited
 key's `x-ratelimit-*` headers go on every one of its responses, streams and
 errors included, as each response is prepared.
+
+The handlers of the hot and the cheap routes are imported with this module;
+those of the rarer ones (transcription, `/v1/usage`, the admin API, the
+dashboard, `/openapi.json`, `/llms.txt`) at their route's first request
+(`later`), so that an idle worker does not hold their modules (the usage
+report's time zones, `zipfile` behind `importlib.resources`...).
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import os
+from collections.abc import Awaitable, Callable
+from typing import cast
 
 from aiohttp import web
 
 from proxy import storage
-from proxy.admin import api as admin
-from proxy.admin import health as admin_health
-from proxy.admin.dashboard import assets as dashboard_assets
-from proxy.admin.dashboard import data as dashboard
-from proxy.api import audio, chat, docs, embeddings, health, models, openapi, usage
+from proxy.api import chat, embeddings, health, models
 from proxy.auth.admission import HEADERS, LIMITS, Limits
 from proxy.auth.budgets import recorded_spend
 from proxy.auth.key_table import KeyTable
@@ -38,35 +43,58 @@ from proxy.server.state import STATE, GatewayState
 from proxy.server.tuning import tune_memory
 from proxy.usage.writer import UsageWriter
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+ADMIN = "proxy.admin.api"
+DASHBOARD = "proxy.admin.dashboard.data"
+ASSETS = "proxy.admin.dashboard.assets"
+
+
+def later(module: str, name: str) -> Handler:
+    """The handler `module.name`, its module imported at the route's first request
+    (a few ms once, on the loop) instead of at start; it carries that module and
+    name as its own (tests/test_idle_imports.py resolves every route's)."""
+    found: list[Handler] = []
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        if not found:
+            found.append(cast(Handler, getattr(importlib.import_module(module), name)))
+        return await found[0](request)
+
+    handle.__module__, handle.__qualname__, handle.__name__ = module, name, name
+    return handle
+
 
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", health.healthz)
-    app.router.add_get("/llms.txt", docs.llms_txt)
+    app.router.add_get("/llms.txt", later("proxy.api.docs", "llms_txt"))
     app.router.add_post("/v1/chat/completions", chat.chat_completions)
     app.router.add_post("/v1/embeddings", embeddings.create_embeddings)
-    app.router.add_post("/v1/audio/transcriptions", audio.create_transcription)
+    app.router.add_post(
+        "/v1/audio/transcriptions", later("proxy.api.audio", "create_transcription")
+    )
     app.router.add_get("/v1/models", models.list_models)
     app.router.add_get("/v1/models/{model_id}", models.get_model)
-    app.router.add_get("/v1/usage", usage.own_usage)
-    app.router.add_get("/openapi.json", openapi.spec)
-    app.router.add_post("/admin/keys", admin.create_key)
-    app.router.add_get("/admin/keys", admin.list_keys)
-    app.router.add_get("/admin/keys/{key_id}", admin.get_key)
-    app.router.add_patch("/admin/keys/{key_id}", admin.update_key)
-    app.router.add_delete("/admin/keys/{key_id}", admin.delete_key)
-    app.router.add_post("/admin/keys/{key_id}/rotate", admin.rotate_key)
-    app.router.add_post("/admin/keys/{key_id}/revoke", admin.revoke_key)
-    app.router.add_get("/admin/usage", admin.usage)
-    app.router.add_get("/admin/health", admin_health.health)
+    app.router.add_get("/v1/usage", later("proxy.api.usage", "own_usage"))
+    app.router.add_get("/openapi.json", later("proxy.api.openapi", "spec"))
+    app.router.add_post("/admin/keys", later(ADMIN, "create_key"))
+    app.router.add_get("/admin/keys", later(ADMIN, "list_keys"))
+    app.router.add_get("/admin/keys/{key_id}", later(ADMIN, "get_key"))
+    app.router.add_patch("/admin/keys/{key_id}", later(ADMIN, "update_key"))
+    app.router.add_delete("/admin/keys/{key_id}", later(ADMIN, "delete_key"))
+    app.router.add_post("/admin/keys/{key_id}/rotate", later(ADMIN, "rotate_key"))
+    app.router.add_post("/admin/keys/{key_id}/revoke", later(ADMIN, "revoke_key"))
+    app.router.add_get("/admin/usage", later(ADMIN, "usage"))
+    app.router.add_get("/admin/health", later("proxy.admin.health", "health"))
     app.router.add_get("/metrics", metrics.endpoint)
-    app.router.add_get("/dashboard", dashboard_assets.page)
-    app.router.add_get("/dashboard/static/{name}", dashboard_assets.static)
-    app.router.add_get("/dashboard/vendor/plotly.min.js", dashboard_assets.plotly_js)
-    app.router.add_post("/dashboard/session", dashboard.create_session)
-    app.router.add_delete("/dashboard/session", dashboard.delete_session)
-    app.router.add_get("/dashboard/api/usage", dashboard.usage)
-    app.router.add_get("/dashboard/api/keys", dashboard.keys)
-    app.router.add_get("/dashboard/api/requests", dashboard.recent_requests)
+    app.router.add_get("/dashboard", later(ASSETS, "page"))
+    app.router.add_get("/dashboard/static/{name}", later(ASSETS, "static"))
+    app.router.add_get("/dashboard/vendor/plotly.min.js", later(ASSETS, "plotly_js"))
+    app.router.add_post("/dashboard/session", later(DASHBOARD, "create_session"))
+    app.router.add_delete("/dashboard/session", later(DASHBOARD, "delete_session"))
+    app.router.add_get("/dashboard/api/usage", later(DASHBOARD, "usage"))
+    app.router.add_get("/dashboard/api/keys", later(DASHBOARD, "keys"))
+    app.router.add_get("/dashboard/api/requests", later(DASHBOARD, "recent_requests"))
 
 
 def build_app(config: GatewayConfig) -> web.Application:

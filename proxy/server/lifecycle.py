@@ -20,7 +20,6 @@ from proxy import storage
 from proxy.config.model import GatewayConfig
 from proxy.metering import token_service
 from proxy.observability.logs import configure_logging, get_logger
-from proxy.server.supervisor import supervise
 from proxy.server.tuning import OPEN_FILES_NEEDED, raise_open_files_limit
 from proxy.server.worker import EXIT_CANNOT_LISTEN, cannot_listen, run_app_loop
 from proxy.usage.replay import replay_journals
@@ -100,6 +99,8 @@ def serve(config: GatewayConfig) -> None:
     if config.workers <= 1:
         run_worker(config, reuse_port=False)
         return
+    from proxy.server.supervisor import supervise  # multiprocessing: only with workers
+
     code = supervise(config, run_worker)
     if code:
         raise SystemExit(code)
