@@ -32,7 +32,7 @@ from proxy.server.state import STATE, GatewayState
 from proxy.usage import report as usage_report
 
 
-def _check_admin(request: web.Request) -> GatewayState:
+async def _check_admin(request: web.Request) -> GatewayState:
     state = request.app[STATE]
     if state.admin_key is None:
         raise GatewayError(
@@ -47,7 +47,8 @@ def _check_admin(request: web.Request) -> GatewayState:
         raise errors.missing_key()
     if not hmac.compare_digest(_digest(token), _digest(state.admin_key)):
         digest = keys.key_digest(token)
-        info = state.keys.find(digest) if digest is not None else None
+        # a key minted a moment ago on another worker is looked up as bearer auth does
+        info = await state.keys.find_or_recheck(digest) if digest is not None else None
         if info is not None and not info.revoked:
             raise GatewayError(
                 403,
@@ -114,7 +115,7 @@ def _not_found() -> GatewayError:
 
 
 async def create_key(request: web.Request) -> web.Response:
-    state = _check_admin(request)
+    state = await _check_admin(request)
     body = await _read_body(request)
     try:
         new = check_settings(body)
@@ -138,12 +139,12 @@ async def create_key(request: web.Request) -> web.Response:
 
 
 async def list_keys(request: web.Request) -> web.Response:
-    state = _check_admin(request)
+    state = await _check_admin(request)
     return json_response({"object": "list", "data": await _in_db(state, keys.list_keys)})
 
 
 async def get_key(request: web.Request) -> web.Response:
-    state = _check_admin(request)
+    state = await _check_admin(request)
     key_id = _key_id(request)
     found = await _in_db(state, lambda c: keys.get_key(c, key_id))
     if found is None:
@@ -152,7 +153,7 @@ async def get_key(request: web.Request) -> web.Response:
 
 
 async def update_key(request: web.Request) -> web.Response:
-    state = _check_admin(request)
+    state = await _check_admin(request)
     key_id = _key_id(request)
     body = await _read_body(request)
     try:
@@ -166,7 +167,7 @@ async def update_key(request: web.Request) -> web.Response:
 
 
 async def rotate_key(request: web.Request) -> web.Response:
-    state = _check_admin(request)
+    state = await _check_admin(request)
     key_id = _key_id(request)
     grace = (await _read_body(request, empty_ok=True)).get("grace_s", 0)
     try:
@@ -180,7 +181,7 @@ async def rotate_key(request: web.Request) -> web.Response:
 
 
 async def revoke_key(request: web.Request) -> web.Response:
-    state = _check_admin(request)
+    state = await _check_admin(request)
     key_id = _key_id(request)
     if not await _in_db(state, lambda c: keys.revoke_key(c, key_id)):
         raise GatewayError(404, "No active key with that id.", code="key_not_found")
@@ -190,7 +191,7 @@ async def revoke_key(request: web.Request) -> web.Response:
 
 async def delete_key(request: web.Request) -> web.Response:
     """Revokes the key; its row stays, so that its usage keeps its name."""
-    state = _check_admin(request)
+    state = await _check_admin(request)
     key_id = _key_id(request)
     if not await _in_db(state, lambda c: keys.revoke_key(c, key_id)):
         raise GatewayError(404, "No active key with that id.", code="key_not_found")
@@ -222,7 +223,7 @@ def usage_filters(request: web.Request) -> dict[str, Any]:
 
 
 async def usage(request: web.Request) -> web.Response:
-    state = _check_admin(request)
+    state = await _check_admin(request)
     filters = usage_filters(request)
     key_id = request.query.get("key_id") or request.query.get("key") or None
     if request.query.get("central") in ("1", "true"):  # the cluster's ledger (README)

@@ -16,7 +16,7 @@ from proxy.http.bodies import json_response
 
 
 async def health(request: web.Request) -> web.Response:
-    state = _check_admin(request)
+    state = await _check_admin(request)
     return json_response(
         {
             "object": "list",
