@@ -235,14 +235,12 @@ def _central_usage(config: GatewayConfig, key_id: str | None, by: str) -> list[d
 def cmd_usage(args: argparse.Namespace) -> int:
     # imported here: the gateway's processes, which import this module, never report
     from proxy.usage.report import known_zone
+    from proxy.usage.report_out import write_rows, write_usage
 
     config = _config(args)
     if not known_zone(args.tz):
         print(f"usage: --tz {args.tz!r} is not a known IANA timezone", file=sys.stderr)
         return 2
-    # imported here: the gateway's processes, which import this module, never print usage
-    from proxy.usage.report_out import write_rows, write_usage
-
     out = sys.stdout.buffer
     sys.stdout.flush()
     if args.central:
